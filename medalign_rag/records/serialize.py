@@ -1,0 +1,113 @@
+"""Write timelines in MedAlign's release layout (`<eventstream><encounter><events><entry><event>`).
+
+The same functions make prompt text: a chunk or a context is a rendering of (a subset of) a record's events,
+so that every cut lands on an event boundary and the text stays well-formed XML.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from itertools import groupby
+from typing import Iterable, Sequence
+from xml.sax.saxutils import escape, quoteattr
+
+from medalign_rag.records.model import OMOP_TABLE_BY_KIND, Encounter, Event, PatientRecord
+
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def format_timestamp(value: datetime | None) -> str:
+    return value.strftime(TIMESTAMP_FORMAT) if value else ""
+
+
+def _attrs(pairs: Iterable[tuple[str, str | None]]) -> str:
+    return "".join(f" {key}={quoteattr(value)}" for key, value in pairs if value not in (None, ""))
+
+
+def render_event(event: Event, *, include_ids: bool = True) -> str:
+    event_type = event.source_type or OMOP_TABLE_BY_KIND[event.kind]
+    attrs = _attrs(
+        [
+            ("id", event.event_id if include_ids else None),
+            ("type", event_type),
+            ("code", event.code),
+            ("name", event.name),
+            ("unit", event.unit),
+            ("value", event.value if event.text else None),
+        ]
+    )
+    body = event.text if event.text is not None else (event.value or "")
+    return f"<event{attrs}>{escape(body)}</event>"
+
+
+def render_encounter_open(encounter: Encounter, *, include_ids: bool = True) -> str:
+    attrs = _attrs(
+        [
+            ("id", encounter.encounter_id if include_ids else None),
+            ("type", encounter.type),
+            ("start_timestamp", format_timestamp(encounter.start)),
+            ("end_timestamp", format_timestamp(encounter.end)),
+        ]
+    )
+    return f"<encounter{attrs}>"
+
+
+def render_person(record: PatientRecord) -> str:
+    demo = record.demographics
+    fields = [
+        ("birthdate", format_timestamp(demo.birthdate)),
+        ("gender", demo.gender),
+        ("race", demo.race),
+        ("ethnicity", demo.ethnicity),
+    ]
+    inner = "".join(f"<{tag}>{escape(value)}</{tag}>" for tag, value in fields if value)
+    return f"<person>{inner}</person>" if inner else ""
+
+
+def render_events(events: Sequence[Event], *, include_ids: bool = True, indent: str = "    ") -> list[str]:
+    """Lines for `<events>` content: consecutive events with one timestamp share an `<entry>`."""
+    lines: list[str] = []
+    for stamp, group in groupby(events, key=lambda ev: ev.timestamp):
+        lines.append(f"{indent}<entry timestamp={quoteattr(format_timestamp(stamp))}>")
+        lines.extend(f"{indent}  {render_event(ev, include_ids=include_ids)}" for ev in group)
+        lines.append(f"{indent}</entry>")
+    return lines
+
+
+def render_encounter(
+    encounter: Encounter,
+    events: Sequence[Event] | None = None,
+    *,
+    include_ids: bool = True,
+    person: str = "",
+) -> str:
+    """One encounter (or the given subset of its events) as a well-formed `<encounter>` element."""
+    events = encounter.events if events is None else events
+    lines = [render_encounter_open(encounter, include_ids=include_ids)]
+    if person:
+        lines.append(f"  {person}")
+    lines.append("  <events>")
+    lines.extend(render_events(events, include_ids=include_ids))
+    lines.append("  </events>")
+    lines.append("</encounter>")
+    return "\n".join(lines)
+
+
+def render_record(
+    record: PatientRecord,
+    *,
+    include_ids: bool = True,
+    encounters: Sequence[tuple[Encounter, Sequence[Event]]] | None = None,
+) -> str:
+    """The whole record, or the given (encounter, events) selection, in the release layout."""
+    selection = encounters if encounters is not None else [(enc, enc.events) for enc in record.encounters]
+    person = render_person(record)
+    body = [render_encounter(enc, evs, include_ids=include_ids, person=person) for enc, evs in selection]
+    return "\n".join([f"<eventstream person_id={quoteattr(record.patient_id)}>", *body, "</eventstream>"]) + "\n"
+
+
+def write_release_xml(record: PatientRecord, path, *, include_ids: bool = True) -> None:
+    """Atomically write `record` to `path` in the release layout."""
+    from medalign_rag.atomic import atomic_write_text
+
+    atomic_write_text(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + render_record(record, include_ids=include_ids))
