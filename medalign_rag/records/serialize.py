@@ -11,13 +11,22 @@ from itertools import groupby
 from typing import Iterable, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from medalign_rag.records.model import OMOP_TABLE_BY_KIND, Encounter, Event, PatientRecord
+from medalign_rag.records.model import OMOP_TABLE_BY_KIND, Encounter, Event, EventKind, PatientRecord
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+# XML parsers turn a raw carriage return in text into a newline; the character reference survives.
+_TEXT_ENTITIES = {"\r": "&#13;"}
 
 
 def format_timestamp(value: datetime | None) -> str:
-    return value.strftime(TIMESTAMP_FORMAT) if value else ""
+    if not value:
+        return ""
+    # Fractions of a second are rare; keep them when present so that reading back gives the same time.
+    return value.strftime(TIMESTAMP_FORMAT) + (f".{value.microsecond:06d}" if value.microsecond else "")
+
+
+def _escape_text(text: str) -> str:
+    return escape(text, _TEXT_ENTITIES)
 
 
 def _attrs(pairs: Iterable[tuple[str, str | None]]) -> str:
@@ -33,11 +42,15 @@ def render_event(event: Event, *, include_ids: bool = True) -> str:
             ("code", event.code),
             ("name", event.name),
             ("unit", event.unit),
-            ("value", event.value if event.text else None),
+            # The body is the value, except for notes and events with free text: then the value is an attribute.
+            ("value", event.value if event.text is not None or event.kind is EventKind.note else None),
         ]
     )
-    body = event.text if event.text is not None else (event.value or "")
-    return f"<event{attrs}>{escape(body)}</event>"
+    if event.text is not None:
+        body = event.text
+    else:
+        body = "" if event.kind is EventKind.note else (event.value or "")
+    return f"<event{attrs}>{_escape_text(body)}</event>"
 
 
 def render_encounter_open(encounter: Encounter, *, include_ids: bool = True) -> str:
@@ -60,7 +73,7 @@ def render_person(record: PatientRecord) -> str:
         ("race", demo.race),
         ("ethnicity", demo.ethnicity),
     ]
-    inner = "".join(f"<{tag}>{escape(value)}</{tag}>" for tag, value in fields if value)
+    inner = "".join(f"<{tag}>{_escape_text(value)}</{tag}>" for tag, value in fields if value)
     return f"<person>{inner}</person>" if inner else ""
 
 

@@ -1,0 +1,354 @@
+"""`medalign-rag` command line: synth, inspect, convert, index, ask, bench, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from medalign_rag.errors import MedalignError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Answer clinicians' instructions over long EHRs with retrieval, and measure it (MedAlign).",
+)
+convert_app = typer.Typer(no_args_is_help=True, help="Convert public datasets into MedAlign's release layout.")
+app.add_typer(convert_app, name="convert")
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal and os.environ.get("MEDALIGN_PROGRESS") != "1",
+    )
+
+
+def print_json(payload) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write ehrs/*.xml and the instruction table into."),
+    patients: int = typer.Option(20, "--patients", min=1, help="Number of synthetic patients."),
+    seed: int = typer.Option(7, "--seed", help="Random seed: the same seed gives byte-identical files."),
+) -> None:
+    """Write a deterministic synthetic cohort in MedAlign's release layout."""
+    from medalign_rag.datasets.synthetic import generate_cohort
+
+    summary = generate_cohort(out, n_patients=patients, seed=seed, progress=True)
+    console.print(f"wrote {patients} patients and {summary.n_instructions} instructions to {out}")
+
+
+def _patient_rows(data, patient_ids, counter) -> list[dict]:
+    from medalign_rag.records.serialize import render_record
+
+    rows = []
+    with progress_bar() as progress:
+        task = progress.add_task("reading records", total=len(patient_ids))
+        for patient_id in patient_ids:
+            record = data.load_record(patient_id)
+            rows.append(
+                {
+                    "patient_id": patient_id,
+                    "encounters": len(record.encounters),
+                    "events": record.n_events,
+                    "notes": record.n_notes,
+                    "tokens": counter.count(render_record(record, include_ids=False)),
+                    "first": record.encounters[0].start.date().isoformat() if record.encounters else None,
+                    "last": record.last_timestamp.date().isoformat() if record.last_timestamp else None,
+                }
+            )
+            progress.advance(task)
+    return rows
+
+
+@app.command()
+def inspect(
+    data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml [+ instruction TSV])."),
+    patient: Optional[str] = typer.Option(None, "--patient", help="Only this patient."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Per patient: encounters, events, notes and tokens (cl100k)."""
+    from medalign_rag.records.dataset import open_data_folder
+    from medalign_rag.tokenization import default_counter
+
+    folder = open_data_folder(data)
+    patient_ids = [folder.record_path(patient).stem] if patient else folder.patient_ids()
+    rows = _patient_rows(folder, patient_ids, default_counter())
+    instructions = folder.instructions()
+    if patient:
+        instructions = [i for i in instructions if i.patient_id == patient]
+    if as_json:
+        payload = {"data": str(data), "patients": rows}
+        if folder.instructions_path.is_file():
+            payload["instructions"] = len(instructions)
+        print_json(payload)
+        return
+    table = Table(title=f"{data}")
+    for column in ("patient_id", "encounters", "events", "notes", "tokens", "first", "last"):
+        table.add_column(column, justify="right" if column in ("encounters", "events", "notes", "tokens") else "left")
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in ("patient_id", "encounters", "events", "notes", "tokens", "first", "last")))
+    stdout.print(table)
+    if folder.instructions_path.is_file():
+        stdout.print(f"instructions: {len(instructions)}")
+
+
+def _index_settings(index_dir: Optional[Path], embedding_model: Optional[str] = None):
+    from medalign_rag.index.builder import IndexSettings
+
+    settings = IndexSettings()
+    if index_dir is not None:
+        settings.index_dir = index_dir
+    if embedding_model:
+        settings.embedding_model = embedding_model
+    return settings
+
+
+@app.command()
+def index(
+    data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml)."),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="Where indexes live (default: indexes/)."),
+    patient: Optional[list[str]] = typer.Option(None, "--patient", help="Only these patients (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even unchanged patients."),
+    embedding_model: Optional[str] = typer.Option(None, "--embedding-model", help="sentence-transformers name or path."),
+    as_json: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
+) -> None:
+    """Build one FAISS index per patient; unchanged patients are skipped."""
+    from medalign_rag.index.builder import IndexBuilder
+    from medalign_rag.records.dataset import open_data_folder
+
+    folder = open_data_folder(data)
+    patient_ids = [folder.record_path(p).stem for p in patient] if patient else folder.patient_ids()
+    builder = IndexBuilder(_index_settings(index_dir, embedding_model))
+    with progress_bar() as progress:
+        task = progress.add_task("indexing", total=len(patient_ids))
+
+        def advance(result) -> None:
+            progress.update(task, advance=1, description=f"indexing ({result.patient_id}: {result.status})")
+
+        report = builder.build(folder, patient_ids, force=force, on_patient=advance)
+    if as_json:
+        print_json(report.model_dump(mode="json"))
+    else:
+        for result in report.results:
+            if result.status == "failed":
+                console.print(f"[red]failed[/red] {result.patient_id}: {result.error}", highlight=False)
+        console.print(
+            f"{report.count('built')} built, {report.count('rebuilt')} rebuilt, {report.count('skipped')} skipped, "
+            f"{report.count('failed')} failed in {report.seconds:.1f} s -> {builder.settings.index_dir}"
+        )
+    if report.count("failed"):
+        raise typer.Exit(1)
+
+
+def _parse_time(value: Optional[str]) -> Optional[datetime]:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise MedalignError(f"--time-anchor {value!r} is not an ISO date/time (e.g. 2019-03-04 10:00)") from exc
+
+
+@app.command()
+def ask(
+    instruction: str = typer.Argument(..., help="The clinician's instruction or question."),
+    data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml)."),
+    patient: str = typer.Option(..., "--patient", help="Patient id (file stem under ehrs/)."),
+    strategy: str = typer.Option("hybrid", "--strategy", help="full, dense, bm25, hybrid, recency."),
+    budget: int = typer.Option(8192, "--budget", min=1, help="Prompt token budget (model tokens)."),
+    backend: str = typer.Option("local", "--backend", help="local, openai, vllm, or none (context only)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML run config for backend options."),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="Where indexes live (default: indexes/)."),
+    time_anchor: Optional[str] = typer.Option(None, "--time-anchor", help="Only events up to this time."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Answer one instruction about one patient (the index is built first when missing or stale)."""
+    from medalign_rag.config import load_run_config, make_generator
+    from medalign_rag.context import format_citation
+    from medalign_rag.pipeline import Pipeline
+    from medalign_rag.records.dataset import open_data_folder
+
+    run = load_run_config(config) if config else None
+    folder = open_data_folder(data)
+    folder.record_path(patient)
+    generator = None if backend == "none" else make_generator(backend, run)
+    prompt_template = None
+    if run is not None and run.prompt_template:
+        from medalign_rag.generation.prompt import load_prompt_template
+
+        prompt_template = load_prompt_template(run.prompt_template)
+    settings = run.index if run is not None else _index_settings(None)
+    if index_dir is not None:
+        settings.index_dir = index_dir
+    pipeline = Pipeline(folder, settings, generator=generator, prompt_template=prompt_template)
+    with console.status(f"retrieving ({strategy}, {budget} tokens)" + ("" if generator is None else " and answering")):
+        result = pipeline.answer(patient, instruction, strategy=strategy, budget=budget,
+                                 time_anchor=_parse_time(time_anchor))
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    from medalign_rag.context import Citation
+
+    citations = [Citation.model_validate(c) for c in result.citations]
+    if result.answer is None:
+        stdout.print(result.context, markup=False, highlight=False)
+    else:
+        stdout.print(result.answer.strip() or "(empty answer)", markup=False, highlight=False)
+    stdout.print(
+        f"\n[bold]context[/bold]: {result.context_tokens} tokens of {budget} ({strategy}), "
+        f"{len(result.event_ids)} events from {len(citations)} encounters",
+        highlight=False,
+    )
+    stdout.print("[bold]citations[/bold]:")
+    for citation in citations:
+        stdout.print(f"  - {format_citation(citation)}", markup=False, highlight=False)
+
+
+def _print_summary(rows: list[dict]) -> None:
+    table = Table(title="evidence coverage (mean [95% CI]) and answer metrics")
+    metrics = [m for m in ("answer_match", "rouge_l", "embedding_f1") if any(r.get(m) is not None for r in rows)]
+    for column in ("strategy", "budget", "n", "evidence coverage", *metrics):
+        table.add_column(column)
+    for r in rows:
+        coverage = "n/a" if r["evidence_coverage"] is None else (
+            f"{r['evidence_coverage']:.3f} [{r['evidence_coverage_lo']:.3f}, {r['evidence_coverage_hi']:.3f}]")
+        cells = [f"{r[m]:.3f}" if r.get(m) is not None else "" for m in metrics]
+        table.add_row(r["strategy"], str(r["budget"]), str(r["n"]), coverage, *cells)
+    stdout.print(table)
+
+
+@app.command()
+def bench(
+    config: Path = typer.Option(..., "--config", help="YAML run config (see configs/)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Override the config's data folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/<config name>)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Override the config's backend (none = retrieval only)."),
+    max_instructions: Optional[int] = typer.Option(None, "--max-instructions", help="Deterministic subset size."),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="Override the config's index folder."),
+) -> None:
+    """Run an ablation (strategies x budgets); interrupt and re-run to resume."""
+    from medalign_rag.config import load_run_config, make_generator
+    from medalign_rag.evaluation.ablation import run_ablation
+
+    run = load_run_config(config, {"data": data, "backend": backend, "max_instructions": max_instructions})
+    if index_dir is not None:
+        run.index.index_dir = index_dir
+    out_dir = out or Path("runs") / run.name
+    generator = None if run.backend == "none" else make_generator(run.backend, run)
+    outcome = run_ablation(run, out_dir, generator=generator, progress_factory=progress_bar)
+    _print_summary(outcome.rows)
+    for note in outcome.notes:
+        console.print(f"- {note}", highlight=False)
+    console.print(f"report: {outcome.report_md}\nsummary: {outcome.summary_csv}\nresults: {out_dir / 'results.jsonl'}")
+    for plot in outcome.plots:
+        console.print(f"plot: {plot}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the cohort, indexes and report."),
+    backend: str = typer.Option("local", "--backend", help="Answering backend (local runs SmolLM2 on the CPU)."),
+    config: Path = typer.Option(None, "--config", help="Demo run config (default: configs/demo.yaml)."),
+) -> None:
+    """The main job on built-in data: synthesize a cohort, index it, run a small ablation, report."""
+    from medalign_rag.config import load_run_config, make_generator
+    from medalign_rag.evaluation.ablation import run_ablation
+    from medalign_rag.generation.prompt import CONFIGS_DIR
+
+    run = load_run_config(config or CONFIGS_DIR / "demo.yaml", {"backend": backend})
+    run.data = out / "cohort"
+    run.index.index_dir = out / "indexes"
+    generator = None if run.backend == "none" else make_generator(run.backend, run)
+    outcome = run_ablation(run, out / "report", generator=generator, progress_factory=progress_bar)
+    _print_summary(outcome.rows)
+    for note in outcome.notes:
+        console.print(f"- {note}", highlight=False)
+    stdout.print(f"\nreport: {outcome.report_md}")
+    for plot in outcome.plots:
+        stdout.print(f"plot:   {plot}")
+    stdout.print(f"try:    medalign-rag ask --data {run.data} --index-dir {run.index.index_dir} "
+                 f"--patient synth-0001 \"What was the most recent hemoglobin A1c?\" --backend {backend}")
+
+
+@convert_app.command("mimic-iv-demo")
+def convert_mimic(
+    src: Path = typer.Option(..., "--src", help="The MIMIC-IV demo folder (hosp/, icu/)."),
+    meds: Optional[Path] = typer.Option(None, "--meds", help="The MEDS parquet (ICU chart events), file or folder."),
+    out: Path = typer.Option(..., "--out", help="Output data folder (ehrs/*.xml)."),
+    tasks: Optional[Path] = typer.Option(None, "--tasks", help="Also convert FHIR-AgentBench questions (dev.csv)."),
+) -> None:
+    """MIMIC-IV demo -> timelines in the release layout (and, with --tasks, FHIR-AgentBench instructions)."""
+    from medalign_rag.datasets.mimic_iv_demo import convert_mimic_iv_demo
+
+    summary = convert_mimic_iv_demo(src, _meds_file(meds), out, progress=True)
+    console.print(f"converted: {summary}", highlight=False)
+    if tasks is not None:
+        _convert_fhir(tasks, out, src, meds)
+
+
+def _meds_file(meds: Optional[Path]) -> Optional[Path]:
+    if meds is not None and meds.is_dir():
+        found = sorted(meds.glob("*.parquet"))
+        if not found:
+            raise MedalignError("no .parquet file in the MEDS folder", path=meds)
+        return found[0]
+    return meds
+
+
+def _convert_fhir(tasks: Path, data: Path, src: Path, meds: Optional[Path]) -> None:
+    from medalign_rag.datasets.fhir_agentbench import convert_fhir_agentbench
+
+    resolution = convert_fhir_agentbench(tasks, data, src, _meds_file(meds))
+    payload = resolution.model_dump(mode="json") if hasattr(resolution, "model_dump") else resolution
+    console.print(f"evidence resolution -> {data / 'evidence_resolution.json'}")
+    print_json(payload)
+
+
+@convert_app.command("fhir-agentbench")
+def convert_fhir(
+    tasks: Path = typer.Option(..., "--tasks", help="FHIR-AgentBench questions (dev.csv)."),
+    data: Path = typer.Option(..., "--data", help="The converted MIMIC-IV demo folder."),
+    src: Path = typer.Option(..., "--src", help="The MIMIC-IV demo folder (for evidence id mapping)."),
+    meds: Optional[Path] = typer.Option(None, "--meds", help="The MEDS parquet, file or folder."),
+) -> None:
+    """FHIR-AgentBench questions -> instructions with gold evidence mapped to our event ids."""
+    _convert_fhir(tasks, data, src, meds)
+
+
+def main() -> None:
+    try:
+        app()
+    except MedalignError as exc:
+        if os.environ.get("MEDALIGN_DEBUG"):
+            raise
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished work is saved; run the same command again to resume")
+        raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Context assembly under a token budget, counted in the answering model's tokens.
+
+`full` is MedAlign's baseline: the serialized record cut from the front so the most recent part fits.
+Retrieval strategies pack ranked chunks until the budget is full, trimming the last one at event boundaries,
+then put what they chose back in chronological order. Either way the text is the release-layout XML of the
+chosen events, so every cut is on an event boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import groupby
+from typing import Sequence
+
+from pydantic import BaseModel
+from xml.sax.saxutils import quoteattr
+
+from medalign_rag.chunking import Chunk
+from medalign_rag.errors import MedalignError
+from medalign_rag.index.store import PatientIndex
+from medalign_rag.records.model import Event
+from medalign_rag.records.serialize import format_timestamp, render_encounter, render_event
+from medalign_rag.tokenization import TokenCounter, count_many
+
+DEFAULT_ANSWER_RESERVE = 256  # MedAlign reserves 256 tokens for the answer
+
+
+class Citation(BaseModel):
+    encounter_id: str
+    encounter_type: str
+    start: datetime
+    end: datetime | None = None
+
+
+class AssembledContext(BaseModel):
+    strategy: str
+    budget: int
+    overhead_tokens: int  # prompt template + instruction
+    reserve_tokens: int
+    available_tokens: int  # what the record may use: budget - overhead - reserve
+    context_tokens: int  # exact, in the counter's tokens
+    token_counter: str
+    text: str
+    chunk_ids: list[str]
+    event_ids: list[str]
+    citations: list[Citation]
+    trimmed_chunk_ids: list[str] = []
+
+
+@dataclass
+class _EventCosts:
+    """Per-event token costs for one (index, tokenizer) pair, computed once and reused across instructions."""
+
+    event_cost: list[list[int]]  # [chunk position][event position]
+    entry_cost: int
+    encounter_cost: dict[str, int] = field(default_factory=dict)
+
+
+def _costs(index: PatientIndex, counter: TokenCounter) -> _EventCosts:
+    per_index = index.caches.setdefault("event_costs", {})
+    cached = per_index.get(counter.name)
+    if cached is not None:
+        return cached
+    flat_lines = [render_event(ev, include_ids=False) for chunk in index.chunks for ev in chunk.events]
+    # +3: the line's indentation and newline, rounded up so estimates err on the safe side.
+    flat_costs = [c + 3 for c in count_many(counter, flat_lines)]
+    event_cost, at = [], 0
+    for chunk in index.chunks:
+        event_cost.append(flat_costs[at : at + len(chunk.events)])
+        at += len(chunk.events)
+    entry_cost = counter.count('    <entry timestamp="2000-01-01 00:00:00">\n    </entry>\n') + 2
+    costs = _EventCosts(event_cost=event_cost, entry_cost=entry_cost)
+    for chunk in index.chunks:
+        if chunk.encounter_id not in costs.encounter_cost:
+            costs.encounter_cost[chunk.encounter_id] = counter.count(
+                render_encounter(chunk.encounter(), [], include_ids=False)
+            ) + 2
+    per_index[counter.name] = costs
+    return costs
+
+
+def render_context(index: PatientIndex, selected: dict[int, list[int]]) -> tuple[str, list[Citation], list[str]]:
+    """Render chosen events ({chunk position: event positions}) chronologically, one `<encounter>` per encounter."""
+    items: list[tuple[int, Chunk, Event]] = []
+    for position, event_positions in selected.items():
+        chunk = index.chunks[position]
+        items.extend((chunk.ordinal + i, chunk, chunk.events[i]) for i in event_positions)
+    items.sort(key=lambda item: item[0])
+    lines = [f"<eventstream person_id={quoteattr(index.patient_id)}>"]
+    citations: list[Citation] = []
+    event_ids: list[str] = []
+    for _, group in groupby(items, key=lambda item: item[1].encounter_id):
+        group = list(group)
+        chunk = group[0][1]
+        events = [event for _, _, event in group]
+        lines.append(render_encounter(chunk.encounter(), events, include_ids=False))
+        citations.append(
+            Citation(encounter_id=chunk.encounter_id, encounter_type=chunk.encounter_type,
+                     start=chunk.encounter_start, end=chunk.encounter_end)
+        )
+        event_ids.extend(event.event_id for event in events)
+    lines.append("</eventstream>")
+    return "\n".join(lines) + "\n", citations, event_ids
+
+
+def _visible(event: Event, time_anchor: datetime | None) -> bool:
+    return time_anchor is None or event.timestamp <= time_anchor
+
+
+def _pack(
+    index: PatientIndex,
+    costs: _EventCosts,
+    chunk_order: Sequence[int],
+    available: int,
+    fixed: int,
+    time_anchor: datetime | None,
+    newest_first: bool,
+) -> tuple[dict[int, list[int]], list[int], list[str]]:
+    """Greedy packing by estimated cost. Returns the selection, the order chunks were added, trimmed chunk ids."""
+    used = fixed
+    opened: set[str] = set()
+    selected: dict[int, list[int]] = {}
+    added: list[int] = []
+    trimmed: list[str] = []
+    for position in chunk_order:
+        chunk = index.chunks[position]
+        event_positions = [i for i, ev in enumerate(chunk.events) if _visible(ev, time_anchor)]
+        if not event_positions:
+            continue
+        if newest_first:
+            event_positions.reverse()
+        header = 0 if chunk.encounter_id in opened else costs.encounter_cost[chunk.encounter_id]
+        take: list[int] = []
+        extra = header
+        last_stamp = None
+        for i in event_positions:
+            stamp = chunk.events[i].timestamp
+            step = costs.event_cost[position][i] + (costs.entry_cost if stamp != last_stamp else 0)
+            if used + extra + step > available:
+                break
+            take.append(i)
+            extra += step
+            last_stamp = stamp
+        if take:
+            selected[position] = sorted(take)
+            added.append(position)
+            opened.add(chunk.encounter_id)
+            used += extra
+        if len(take) < len(event_positions):
+            if take:
+                trimmed.append(chunk.chunk_id)
+            break
+    return selected, added, trimmed
+
+
+def assemble_context(
+    index: PatientIndex,
+    *,
+    strategy: str,
+    budget: int,
+    counter: TokenCounter,
+    ranking: Sequence[int] | None = None,
+    overhead_tokens: int = 0,
+    reserve_tokens: int = DEFAULT_ANSWER_RESERVE,
+    time_anchor: datetime | None = None,
+) -> AssembledContext:
+    """Fit the record (`ranking` is None: `full`) or the ranked chunks into `budget` tokens, never more."""
+    available = budget - overhead_tokens - reserve_tokens
+    if available <= 0:
+        raise MedalignError(
+            f"budget {budget} leaves no room for the record after the prompt ({overhead_tokens} tokens) "
+            f"and the answer reserve ({reserve_tokens})"
+        )
+    costs = _costs(index, counter)
+    fixed = counter.count(render_context(index, {})[0]) + 1
+    if ranking is None:
+        order = sorted(range(len(index.chunks)), key=lambda p: -index.chunks[p].ordinal)
+        selected, added, trimmed = _pack(index, costs, order, available, fixed, time_anchor, newest_first=True)
+    else:
+        selected, added, trimmed = _pack(index, costs, ranking, available, fixed, time_anchor, newest_first=False)
+
+    text, citations, event_ids = render_context(index, selected)
+    tokens = counter.count(text)
+    # Estimates are conservative, so this loop rarely runs; when it does it drops the lowest-ranked events.
+    while tokens > available and added:
+        last = added[-1]
+        drop = 0 if ranking is None else -1  # `full` keeps the most recent part, so it drops the oldest event
+        selected[last].pop(drop)
+        if not selected[last]:
+            del selected[last]
+            added.pop()
+        text, citations, event_ids = render_context(index, selected)
+        tokens = counter.count(text)
+    if tokens > available:
+        raise MedalignError(f"budget {budget} is too small for even an empty record context ({tokens} tokens)")
+    chosen = [index.chunks[p] for p in sorted(selected, key=lambda p: index.chunks[p].ordinal)]
+    return AssembledContext(
+        strategy=strategy,
+        budget=budget,
+        overhead_tokens=overhead_tokens,
+        reserve_tokens=reserve_tokens,
+        available_tokens=available,
+        context_tokens=tokens,
+        token_counter=counter.name,
+        text=text,
+        chunk_ids=[c.chunk_id for c in chosen],
+        event_ids=event_ids,
+        citations=citations,
+        trimmed_chunk_ids=trimmed,
+    )
+
+
+def format_citation(citation: Citation) -> str:
+    end = f" to {format_timestamp(citation.end)[:10]}" if citation.end else ""
+    return f"{citation.encounter_id} ({citation.encounter_type}, {format_timestamp(citation.start)[:10]}{end})"

