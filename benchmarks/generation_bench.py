@@ -66,9 +66,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads while generating (default: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "generation_results.md")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     import torch
     import transformers
@@ -93,7 +95,7 @@ def main() -> None:
             del generator
             gc.collect()
 
-        generator = create_generator("local", cache_dir=Path(cache))
+        generator = create_generator("local", cache_dir=Path(cache), threads=args.threads)
         prompt = prompt_of_about(generator, args.prompt_tokens)
         generator.generate(["Warm up."], max_tokens=4)
 
@@ -115,6 +117,7 @@ def main() -> None:
         generator.close()
 
     rows = [
+        ("generation threads", str(args.threads or torch.get_num_threads())),
         ("import torch + transformers", f"{import_s:.1f} s"),
         ("load, cold (GGUF -> converted cache)", f"{cold_s:.1f} s"),
         (f"load, cached (median of {args.repeats})", f"{statistics.median(cached_times):.1f} s"),
@@ -129,7 +132,8 @@ def main() -> None:
     header = (
         f"## Local generation backend: SmolLM2-135M-Instruct (fp32, CPU)\n\n"
         f"Machine: {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"transformers {transformers.__version__}, Python {platform.python_version()}. "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}; 1-min load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (above the core count, other work shared the CPU). "
         f"Measured {datetime.now():%Y-%m-%d} by `python benchmarks/generation_bench.py`.\n\n"
     )
     table = "| measure | value |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows) + "\n"

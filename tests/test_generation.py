@@ -255,7 +255,7 @@ def model_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_generator(model_cache):
-    generator = create_generator("local", cache_dir=model_cache, batch_size=2)
+    generator = create_generator("local", cache_dir=model_cache, batch_size=2, threads=1)
     yield generator
     generator.close()
 
@@ -321,7 +321,7 @@ def test_prompt_longer_than_context_is_a_clear_error(local_generator):
 def test_second_load_reuses_the_cached_copy(local_generator, model_cache):
     prompt = "What is hypertension? Answer in one sentence."
     expected = local_generator.generate([prompt], max_tokens=16)[0].text
-    with create_generator("local", cache_dir=model_cache) as again:
+    with create_generator("local", cache_dir=model_cache, threads=1) as again:
         assert again.loaded_from_cache is True
         assert again.generate([prompt], max_tokens=16)[0].text == expected
     with pytest.raises(MedalignError, match="closed"):

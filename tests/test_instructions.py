@@ -193,3 +193,22 @@ def test_model_responses_errors(tmp_path: Path) -> None:
                                                ("F", False), ("", None), ("NaN", None)])
 def test_parse_bool(raw: str, expected: bool | None) -> None:
     assert parse_bool(raw) is expected
+
+
+def test_tables_interoperate_with_pandas(tmp_path: Path) -> None:
+    """The release's tables come from pandas; ours must read theirs and pandas must read ours."""
+    pandas = pytest.importorskip("pandas")
+    awkward = 'He said "no".\r\nNext\tline & <tag> é'
+    frame = pandas.DataFrame(
+        {"instruction_id": [7, 7], "question": [awkward, awkward], "person_id": [42, 42],
+         "clinician_response": ["first", awkward], "annotator_num": [1, 2], "extra": [None, 3.5]}
+    )
+    frame.to_csv(tmp_path / "pandas.tsv", sep="\t", index=False)
+    (instruction,) = read_instruction_table(tmp_path / "pandas.tsv")
+    assert (instruction.instruction_id, instruction.patient_id, instruction.question) == ("7", "42", awkward)
+    assert instruction.reference_answers == ["first", awkward]
+
+    write_instruction_table([instruction], tmp_path / "ours.tsv")
+    ours = pandas.read_csv(tmp_path / "ours.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert list(ours["clinician_response"]) == ["first", awkward]
+    assert list(ours["question"]) == [awkward, awkward]

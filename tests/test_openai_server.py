@@ -54,7 +54,7 @@ def llama_server(tmp_path_factory) -> Iterator[str]:
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(gguf), "--model_alias", MODEL_ALIAS,
         "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", str(SERVER_CONTEXT), "--n_threads", str(min(2, os.cpu_count() or 1)),
+        "--n_ctx", str(SERVER_CONTEXT), "--n_threads", "1",
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -139,6 +139,15 @@ def test_unknown_context_length_must_be_configured(llama_server):
 
 
 @pytest.mark.slow
+def test_prompt_longer_than_the_server_context_is_a_clear_error(server_generator):
+    with pytest.raises(MedalignError) as caught:
+        server_generator.generate(["blood pressure " * 1500], max_tokens=4)
+    message = str(caught.value)
+    assert "does not fit" in message and "maximum context length" in message
+    assert "rejected model" not in message
+
+
+@pytest.mark.slow
 def test_base_url_without_api_prefix_is_a_clear_error(llama_server):
     root = llama_server.removesuffix("/v1")
     generator = create_generator("openai", base_url=root, model=MODEL_ALIAS, context_length=SERVER_CONTEXT)
@@ -170,10 +179,19 @@ class _FlakyServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, failures: list[int] | None = None, retry_after: str | None = None, models: list[dict] | None = None):
+    def __init__(
+        self,
+        failures: list[int] | None = None,
+        retry_after: str | None = None,
+        models: list[dict] | None = None,
+        error_message: str = "busy",
+        has_models_endpoint: bool = True,
+    ):
         super().__init__(("127.0.0.1", 0), _FlakyHandler)
         self.failures = list(failures or [])
         self.retry_after = retry_after
+        self.error_message = error_message
+        self.has_models_endpoint = has_models_endpoint
         self.models = models if models is not None else [{"id": "flaky", "object": "model", "max_model_len": 4096}]
         self.completion_requests: list[dict] = []
         self.lock = threading.Lock()
@@ -200,7 +218,7 @@ class _FlakyHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        if self.path == "/v1/models":
+        if self.path == "/v1/models" and self.server.has_models_endpoint:
             self._send(200, {"object": "list", "data": self.server.models})
         else:
             self._send(404, {"detail": "Not Found"})
@@ -212,7 +230,7 @@ class _FlakyHandler(BaseHTTPRequestHandler):
             status = self.server.failures.pop(0) if self.server.failures else 200
         if status != 200:
             headers = {"Retry-After": self.server.retry_after} if self.server.retry_after else {}
-            self._send(status, {"error": {"message": f"busy ({status})", "type": "server_error"}}, headers)
+            self._send(status, {"error": {"message": f"{self.server.error_message} ({status})", "type": "server_error"}}, headers)
             return
         prompt = request["messages"][-1]["content"]
         self._send(
@@ -308,3 +326,22 @@ def test_api_key_is_read_from_the_named_environment_variable(flaky_server, monke
     with create_generator("openai", base_url=flaky_server.base_url):
         pass
     assert seen == ["Bearer sk-test-123", None]
+
+
+@pytest.mark.parametrize(
+    "flaky_server",
+    [{"failures": [404], "error_message": "The model `m2` does not exist.", "has_models_endpoint": False}],
+    indirect=True,
+)
+def test_wrong_model_reported_by_the_completion_endpoint(flaky_server):
+    # Without /models the name cannot be checked up front; the server's 404 body must still be explained.
+    with create_generator("openai", base_url=flaky_server.base_url, model="m2", context_length=512) as generator:
+        with pytest.raises(MedalignError, match="rejected model 'm2'.*does not exist"):
+            generator.generate(["x"])
+    assert len(flaky_server.completion_requests) == 1
+
+
+@pytest.mark.parametrize("flaky_server", [{"has_models_endpoint": False}], indirect=True)
+def test_without_models_endpoint_the_model_must_be_named(flaky_server):
+    with pytest.raises(MedalignError, match="model option"):
+        create_generator("openai", base_url=flaky_server.base_url, context_length=512)

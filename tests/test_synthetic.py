@@ -146,7 +146,8 @@ def test_diabetes_trajectory_is_coherent(cohort) -> None:
     diabetics = 0
     for record in records.values():
         for enc in record.encounters:
-            dx = [ev for ev in enc.events if ev.kind is EventKind.condition and (ev.code or "").startswith("ICD10CM/E11")]
+            dx = [ev for ev in enc.events
+                  if ev.kind is EventKind.condition and (ev.code or "").startswith("ICD10CM/E11")]
             if not dx:
                 continue
             diabetics += 1

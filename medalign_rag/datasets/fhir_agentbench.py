@@ -163,7 +163,8 @@ def _parse_gold_ids(raw: str, path: Path, line: int) -> dict[str, list[str]]:
     try:
         parsed = ast.literal_eval(raw)
     except (ValueError, SyntaxError) as exc:
-        raise MedalignError(f"column 'true_fhir_ids': not a Python dict literal ({exc})", path=path, line=line) from None
+        problem = f"column 'true_fhir_ids': not a Python dict literal ({exc})"
+        raise MedalignError(problem, path=path, line=line) from None
     if not isinstance(parsed, dict) or not all(
         isinstance(k, str) and isinstance(v, (list, tuple)) and all(isinstance(i, str) for i in v)
         for k, v in parsed.items()

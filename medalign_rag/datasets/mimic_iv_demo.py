@@ -23,12 +23,13 @@ PhysioNet (2023). Licence ODbL 1.0.
 
 from __future__ import annotations
 
-import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import groupby
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from medalign_rag.errors import MedalignError
 from medalign_rag.records.model import Demographics, Encounter, Event, EventKind, PatientRecord, check_patient_id
@@ -97,8 +98,15 @@ EVENT_COLUMNS = (
     "table", "fhir_ns", "fhir_key",
 )
 
-# ICU charting the MEDS copy carries that says nothing about the patient: monitor alarm limits.
-_SKIPPED_CHART_CATEGORIES = frozenset({"Alarms"})
+# ICU charting (d_items categories) left out to keep records readable and their size sane (~20% of chart rows):
+# monitor alarm limits; line/dressing and fall-risk checkboxes, whose numeric value is a bare 0/1 without the
+# text it stands for; care-plan bookkeeping; and "Labs", copies of results the lab system already reports in
+# labevents - except finger-stick glucose, which exists only in ICU charting.
+_SKIPPED_CHART_CATEGORIES = frozenset(
+    {"Alarms", "Access Lines - Invasive", "Access Lines - Peripheral", "Restraint/Support Systems", "Care Plans",
+     "OT Notes", "Labs"}
+)
+_KEPT_CHART_ITEMS = frozenset({"225664"})  # Glucose finger stick (range 70-100)
 _KEY_TIME = "%Y-%m-%d %H:%M:%S"  # how MIMIC-IV-on-FHIR writes times inside resource keys
 _ID_TIME = "%Y%m%d%H%M"  # how our event ids write times (no spaces or colons)
 _MAX_COMMENT_CHARS = 200  # lab/micro comments can be paragraphs; the gist fits in this
@@ -238,7 +246,6 @@ def _events(
     timestamp: "pd.Series",
     name: "pd.Series | str",
     source_type: str | None = None,
-    hadm_id: "pd.Series | None" = None,
     code: "pd.Series | None" = None,
     value: "pd.Series | None" = None,
     unit: "pd.Series | None" = None,
@@ -259,7 +266,7 @@ def _events(
     out = pd.DataFrame(
         {
             "subject_id": frame["subject_id"].astype("string"),
-            "hadm_id": column(hadm_id if hadm_id is not None else frame.get("hadm_id")),
+            "hadm_id": column(frame.get("hadm_id")),
             "timestamp": timestamp,
             "event_id": event_id.astype("string"),
             "kind": kind.value,
@@ -332,7 +339,11 @@ def _admission_events(adm: "pd.DataFrame") -> list["pd.DataFrame"]:
     ]
 
 
-_TRANSFER_NAMES = {"admit": "Admitted to care unit", "transfer": "Transferred to care unit", "ED": "Emergency department"}
+_TRANSFER_NAMES = {
+    "admit": "Admitted to care unit",
+    "transfer": "Transferred to care unit",
+    "ED": "Emergency department",
+}
 
 
 def _transfer_events(transfers: "pd.DataFrame") -> "pd.DataFrame":
@@ -379,13 +390,14 @@ def _icd_names(rows: "pd.DataFrame", titles: dict[tuple[str, str], str]) -> "pd.
 
 
 def _diagnosis_events(dx: "pd.DataFrame", adm: "pd.DataFrame", titles: dict) -> "pd.DataFrame":
-    # Diagnoses are billing codes assigned at discharge: dating them at discharge keeps them from appearing
-    # before a time anchor inside the admission, when they were not yet known.
-    discharge = dx["hadm_id"].map(dict(zip(adm["hadm_id"], adm["dischtime"])))
+    # diagnoses_icd has no time. EHRSQL, whose question templates FHIR-AgentBench reuses, dates a diagnosis at
+    # its admission's start ("assume charttime is at the hospital admission"); doing the same keeps time-filtered
+    # questions ("diagnosed ... since 2133") answerable the way the benchmark's answers were computed.
+    admitted = dx["hadm_id"].map(dict(zip(adm["hadm_id"], adm["admittime"])))
     icd = dx["icd_code"].str.strip()
     key = dx["hadm_id"] + "-" + dx["seq_num"] + "-" + icd
     return _events(
-        dx, table="diagnoses_icd", kind=EventKind.condition, event_id="dx-" + key, timestamp=discharge,
+        dx, table="diagnoses_icd", kind=EventKind.condition, event_id="dx-" + key, timestamp=admitted,
         code="ICD" + dx["icd_version"] + "CM/" + icd, name=_icd_names(dx, titles),
         fhir_ns="Condition", fhir_key=key,
     )
@@ -407,8 +419,9 @@ def _hcpcs_events(rows: "pd.DataFrame", d_hcpcs: "pd.DataFrame") -> "pd.DataFram
     long_names = dict(zip(described["code"], described["long_description"]))
     name = code.map(long_names).fillna(rows["short_description"])
     return _events(
-        rows, table="hcpcsevents", kind=EventKind.procedure, event_id="hcpcs-" + rows["hadm_id"] + "-" + rows["seq_num"],
-        timestamp=rows["chartdate"], code="HCPCS/" + code, name=name,
+        rows, table="hcpcsevents", kind=EventKind.procedure,
+        event_id="hcpcs-" + rows["hadm_id"] + "-" + rows["seq_num"], timestamp=rows["chartdate"],
+        code="HCPCS/" + code, name=name,
     )
 
 
@@ -509,7 +522,8 @@ def _medication_events(rx: "pd.DataFrame", pharmacy: "pd.DataFrame") -> list["pd
         main_first=(rx["drug_type"] != "MAIN").astype(int), source_order=range(len(rx))
     ).sort_values(["pharmacy_id", "main_first", "source_order"])
     component = rx.groupby("pharmacy_id").cumcount() + 1
-    event_id = ("rx-" + rx["pharmacy_id"]).where(component == 1, "rx-" + rx["pharmacy_id"] + "-" + component.astype(str))
+    first_id = "rx-" + rx["pharmacy_id"]
+    event_id = first_id.where(component == 1, first_id + "-" + component.astype(str))
     starts = rx["starttime"].fillna(rx["pharmacy_id"].map(dict(zip(pharmacy["pharmacy_id"], pharmacy["entertime"]))))
     ndc = rx["ndc"].where(~rx["ndc"].isin(["0", "0.0"]))
     # Dose and unit are the event's value and unit; the body says how and how long.
@@ -553,7 +567,8 @@ def _icu_procedure_events(rows: "pd.DataFrame", labels: dict[str, str]) -> "pd.D
         rows, table="procedureevents", kind=EventKind.procedure,
         event_id="icuproc-" + rows["stay_id"] + "-" + rows["orderid"], timestamp=rows["starttime"],
         name=rows["itemid"].map(labels).fillna("procedure item " + rows["itemid"]),
-        value=_number_text(rows["value"]), unit=rows["valueuom"].mask(rows["valueuom"] == "None"), text="until " + _key_time(rows["endtime"]),
+        value=_number_text(rows["value"]), unit=rows["valueuom"].mask(rows["valueuom"] == "None"),
+        text="until " + _key_time(rows["endtime"]),
         fhir_ns="ProcedureICU", fhir_key=rows["orderid"],
     )
 
@@ -611,19 +626,25 @@ def _chart_events(
     meds = meds[meds["value"].notna() & meds["code"].str.startswith("LAB//")]
     parts = meds["code"].str.split("//", n=2, expand=True)
     chart_items = d_items[d_items["linksto"] == "chartevents"]
-    kept_items = chart_items[~chart_items["category"].isin(_SKIPPED_CHART_CATEGORIES)]
+    kept_items = chart_items[
+        ~chart_items["category"].isin(_SKIPPED_CHART_CATEGORIES) | chart_items["itemid"].isin(_KEPT_CHART_ITEMS)
+    ]
     meds = meds.assign(itemid=parts[1], unit=parts[2] if parts.shape[1] > 2 else None)
     n_chart = int(meds["itemid"].isin(set(chart_items["itemid"])).sum())
     meds = meds[meds["itemid"].isin(set(kept_items["itemid"]))]
-    meds = meds.assign(subject_id=meds["subject_id"].astype(str)).drop_duplicates(["subject_id", "time", "itemid", "value"])
+    meds = meds.assign(subject_id=meds["subject_id"].astype(str))
+    meds = meds.drop_duplicates(["subject_id", "time", "itemid", "value"])
     chart = _assign_stays(meds, stays)
     notes = [
-        f"chart events: {n_chart} numeric rows in the MEDS file, {len(meds)} kept after dropping monitor alarm "
-        f"limits and exact duplicates, {len(chart)} placed in an ICU stay"
+        f"chart events: {n_chart} numeric rows in the MEDS file, {len(meds)} kept after dropping alarm limits, "
+        f"checkbox rows, lab copies and exact duplicates; {len(chart)} placed in an ICU stay"
     ]
     value_text = chart["value"].map(format_chart_value)
     key = chart["stay_id"] + "-" + _key_time(chart["time"]) + "-" + chart["itemid"] + "-" + value_text
-    unit = chart["unit"].where(chart["unit"] != "UNK")
+    # "UNK" in the MEDS code means the source row had no unit; the item's dictionary unit is the next best.
+    item_units = chart_items.set_index("itemid")["unitname"]
+    item_units = item_units[item_units.notna() & (item_units != "None")]
+    unit = chart["unit"].where(chart["unit"] != "UNK", chart["itemid"].map(item_units))
     events = _events(
         chart, table="chartevents", kind=EventKind.measurement,
         event_id="chart-" + chart["stay_id"] + "-" + _compact_time(chart["time"]) + "-" + chart["itemid"],
@@ -659,6 +680,12 @@ def load_mimic_events(
     src = Path(src)
     if not src.is_dir():
         raise MedalignError("MIMIC-IV demo folder not found (expected hosp/ and icu/ inside)", path=src)
+    # Fail before minutes of reading when an input is missing.
+    for table in REQUIRED_TABLES:
+        if not _table_path(src, table).is_file():
+            raise MedalignError(f"MIMIC-IV demo table {table}.csv.gz not found", path=_table_path(src, table))
+    if meds is not None and not Path(meds).is_file():
+        raise MedalignError("MEDS event file not found", path=meds)
     wanted = {str(s) for s in subject_ids} if subject_ids is not None else None
     step = on_step or (lambda _label: None)
 
@@ -741,7 +768,9 @@ def _assign_encounters(events: "pd.DataFrame", admissions: "pd.DataFrame") -> "p
     in_admission = events["hadm_id"].isin(known)
     day = events["timestamp"].dt.strftime("%Y%m%d")
     return events.assign(
-        encounter_id=("hadm-" + events["hadm_id"]).where(in_admission, "outpatient-" + events["subject_id"] + "-" + day),
+        encounter_id=("hadm-" + events["hadm_id"]).where(
+            in_admission, "outpatient-" + events["subject_id"] + "-" + day
+        ),
         table_rank=events["table"].map(_TABLE_ORDER).fillna(len(_TABLE_ORDER)),
         # Ids of one table share a prefix; shorter-first then text order puts lab-2 before lab-10.
         id_length=events["event_id"].str.len(),
@@ -754,50 +783,63 @@ def _none_if_missing(value):
     return None if value is None or pd.isna(value) else str(value)
 
 
-def build_records(data: MimicEvents) -> Iterable[PatientRecord]:
+def _plain(series: "pd.Series") -> list:
+    """Column as Python values with None for missing (iterating Arrow-backed columns row by row is slow)."""
+    return series.astype(object).where(series.notna(), None).tolist()
+
+
+def build_records(data: MimicEvents) -> Iterator[PatientRecord]:
     """One PatientRecord per patient (subject id order); encounters by start, events by time."""
     import pandas as pd
 
     events = _assign_encounters(data.events, data.admissions)
     events = events.sort_values(
-        ["subject_id", "encounter_id", "timestamp", "table_rank", "id_length", "event_id"], kind="stable"
+        ["subject_id", "encounter_id", "timestamp", "table_rank", "id_length", "event_id"], kind="stable",
+        ignore_index=True,
     )
-    admissions = data.admissions.set_index("hadm_id")
-    patients = data.patients.set_index("subject_id")
-    for subject_id, rows in events.groupby("subject_id", sort=True):
-        person = patients.loc[subject_id]
+    admission_times = {
+        hadm: (admit.to_pydatetime(), None if pd.isna(discharge) else discharge.to_pydatetime())
+        for hadm, admit, discharge in zip(data.admissions["hadm_id"], data.admissions["admittime"],
+                                          data.admissions["dischtime"])
+    }
+    people = {row["subject_id"]: row for row in data.patients.to_dict("records")}
+    columns = {name: _plain(events[name]) for name in
+               ("subject_id", "encounter_id", "event_id", "kind", "source_type", "code", "name", "value", "unit",
+                "text")}
+    stamps = list(events["timestamp"].dt.to_pydatetime())
+    rows = range(len(events))
+
+    for subject_id, subject_rows in groupby(rows, key=columns["subject_id"].__getitem__):
+        person = people[subject_id]
         birth_year = int(person["anchor_year"]) - int(person["anchor_age"])
+        gender = _none_if_missing(person["gender"])
         record = PatientRecord(
             patient_id=check_patient_id(str(subject_id)),
             demographics=Demographics(
-                # MIMIC shifts dates per patient and gives age only at an anchor year; Jan 1 is the convention
-                # MEDS uses too.
-                birthdate=pd.Timestamp(year=birth_year, month=1, day=1).to_pydatetime(),
-                gender={"F": "Female", "M": "Male"}.get(str(person["gender"]), _none_if_missing(person["gender"])),
+                # MIMIC gives age only at a per-patient anchor year; Jan 1 is the convention MEDS uses too.
+                birthdate=datetime(birth_year, 1, 1),
+                gender={"F": "Female", "M": "Male"}.get(gender or "", gender),
                 race=_none_if_missing(person.get("race")),
             ),
         )
-        for encounter_id, enc_rows in rows.groupby("encounter_id", sort=False):
-            stamps = enc_rows["timestamp"]
-            if str(encounter_id).startswith("hadm-"):
-                admission = admissions.loc[str(encounter_id)[5:]]
-                start, end, kind = admission["admittime"], admission["dischtime"], "inpatient"
-            else:
-                start, end, kind = stamps.min(), stamps.max(), "outpatient"
-            encounter = Encounter(
-                encounter_id=str(encounter_id), type=kind, start=start.to_pydatetime(),
-                end=end.to_pydatetime() if not pd.isna(end) else None,
-            )
-            encounter.events = [
+        for encounter_id, encounter_rows in groupby(subject_rows, key=columns["encounter_id"].__getitem__):
+            indices = list(encounter_rows)
+            encounter_events = [
                 Event(
-                    event_id=row.event_id, timestamp=row.timestamp.to_pydatetime(), kind=EventKind(row.kind),
-                    source_type=_none_if_missing(row.source_type), code=_none_if_missing(row.code),
-                    name=_none_if_missing(row.name), value=_none_if_missing(row.value),
-                    unit=_none_if_missing(row.unit), text=_none_if_missing(row.text),
+                    event_id=columns["event_id"][i], timestamp=stamps[i], kind=EventKind(columns["kind"][i]),
+                    source_type=columns["source_type"][i], code=columns["code"][i], name=columns["name"][i],
+                    value=columns["value"][i], unit=columns["unit"][i], text=columns["text"][i],
                 )
-                for row in enc_rows.itertuples(index=False)
+                for i in indices
             ]
-            record.encounters.append(encounter)
+            if encounter_id.startswith("hadm-"):
+                start, end = admission_times[encounter_id.removeprefix("hadm-")]
+                kind = "inpatient"
+            else:
+                start, end, kind = encounter_events[0].timestamp, encounter_events[-1].timestamp, "outpatient"
+            record.encounters.append(
+                Encounter(encounter_id=encounter_id, type=kind, start=start, end=end, events=encounter_events)
+            )
         record.encounters.sort(key=lambda enc: (enc.start, enc.encounter_id))
         yield record
 

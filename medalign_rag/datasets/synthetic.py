@@ -79,7 +79,8 @@ class _Measure:
         return f"{value:.{self.decimals}f}"
 
     def say(self, value: float) -> str:
-        return f"{self.fmt(value)}{self.display_unit}" if self.display_unit == "%" else f"{self.fmt(value)} {self.display_unit}"
+        separator = "" if self.display_unit in ("%", "") else " "
+        return f"{self.fmt(value)}{separator}{self.display_unit}"
 
 
 _MEASURES: dict[str, _Measure] = {
@@ -317,10 +318,12 @@ class _Imaging:
 _IMAGING: dict[str, _Imaging] = {
     "cxr": _Imaging("CPT4/71046", "Radiologic examination, chest; 2 views", "CHEST X-RAY, 2 VIEWS",
                     "PA and lateral views of the chest.",
-                    "The lungs are clear. No focal consolidation, pleural effusion or pneumothorax. Normal heart size."),
+                    "The lungs are clear. No focal consolidation, pleural effusion or pneumothorax. "
+                    "Normal heart size."),
     "cxr1": _Imaging("CPT4/71045", "Radiologic examination, chest; single view", "CHEST X-RAY, PORTABLE",
                      "Single portable AP view of the chest.",
-                     "No focal consolidation, pleural effusion or pneumothorax. Cardiomediastinal silhouette is normal."),
+                     "No focal consolidation, pleural effusion or pneumothorax. "
+                     "Cardiomediastinal silhouette is normal."),
     "ct_head": _Imaging("CPT4/70450", "Computed tomography, head or brain; without contrast material",
                         "CT HEAD WITHOUT CONTRAST", "Axial images from skull base to vertex without contrast.",
                         "No acute intracranial hemorrhage, mass effect or territorial infarct. Ventricles normal."),
@@ -754,6 +757,8 @@ class _Simulator:
         if self.acute is None:
             return 0.0
         problem, severity = self.acute
+        if measure == "hemoglobin":
+            severity = max(severity, 0.6)  # blood loss is made up over weeks, not within the stay
         return severity * sum(delta for name, delta in problem.effects if name == measure)
 
     def _since_onset(self, key: str, when: datetime) -> float:
@@ -978,6 +983,8 @@ class _Simulator:
         remaining_days = (self.planned_end - after).days
         mean_gap = max(12.0, remaining_days / remaining)
         gap = max(3, int(mean_gap * self.rng.uniform(0.35, 1.65)))
+        if remaining_days > 3:
+            gap = min(gap, remaining_days)  # random spread must not push the record past its planned end
         return (after + timedelta(days=gap)).date()
 
     def _next_kind(self) -> str:
@@ -1579,9 +1586,8 @@ class _Simulator:
         lines += [
             "",
             "ED COURSE AND MEDICAL DECISION MAKING:",
-            f"Presentation consistent with {problem.label}. "
-            + (f"Given {treatments}. " if treatments else "Supportive care. ")
-            + " ".join(changes),
+            " ".join([f"Presentation consistent with {problem.label}.",
+                      f"Given {treatments}." if treatments else "Supportive care.", *changes]),
             "",
             f"DIAGNOSIS: {problem.name} ({problem.code.split('/')[1]})",
             "DISPOSITION: " + ("Admitted to the medicine service." if admit else
@@ -1695,14 +1701,18 @@ class _Simulator:
         self.acute = None
         self._close(enc, end)
         discharge_meds = [_DRUGS[d].ingredient for d in problem.discharge_drugs]
-        answer = (f"Admitted {_day(start)} to {_day(end)} ({stay_days} days) for {problem.label}"
-                  + (f" after presenting with {problem.complaint}" if from_ed else "") + ". "
-                  + (f"Hospital course: {problem.course}. " if problem.course else "")
-                  + (f"Imaging: {impression} " if impression and problem.finding else "")
-                  + self._course_numbers(problem, first_labs, peak, trough, last_labs)
-                  + (f" Held during the stay: {_join(held)}." if held else "")
-                  + (" " + " ".join(changes) if changes else "")
-                  + f" Discharged home" + (f" on {_join(discharge_meds)}." if discharge_meds else "."))
+        days = f"{stay_days} day{'s' if stay_days != 1 else ''}"
+        parts = [
+            f"Admitted {_day(start)} to {_day(end)} ({days}) for {problem.label}"
+            + (f" after presenting with {problem.complaint}." if from_ed else "."),
+            f"Hospital course: {problem.course}." if problem.course else "",
+            f"Imaging: {impression}" if impression and problem.finding else "",
+            self._course_numbers(problem, first_labs, peak, trough, last_labs),
+            f"Held during the stay: {_join(held)}." if held else "",
+            *changes,
+            "Discharged home" + (f" on {_join(discharge_meds)}." if discharge_meds else "."),
+        ]
+        answer = " ".join(part for part in parts if part)
         self.stays.append(_Stay("admission", start, end, problem, answer, diagnosis, note))
         return end
 
@@ -1770,7 +1780,10 @@ class _Simulator:
         return "\n".join([
             f"HOSPITAL PROGRESS NOTE - hospital day {day_index + 1}",
             f"Date: {day.isoformat()}    Attending: {doctor}",
-            f"Subjective: {self.rng.choice(('Slept well overnight.', 'Some fatigue, appetite improving.', 'No new complaints overnight.', 'Ambulated in the hallway with nursing.'))}",
+            "Subjective: " + self.rng.choice((
+                "Slept well overnight.", "Some fatigue, appetite improving.", "No new complaints overnight.",
+                "Ambulated in the hallway with nursing.",
+            )),
             f"Labs this morning: {key_labs}.",
             f"Assessment: {problem.label}, {trend}.",
             f"Plan: continue {_join([_DRUGS[d].ingredient for d in problem.ward_drugs]) or 'current management'}; "
@@ -1796,9 +1809,11 @@ class _Simulator:
             "HOSPITAL COURSE:",
             f"The patient was admitted with {problem.complaint} and found to have {problem.label}. "
             + (f"The patient was {problem.course}. " if problem.course else "")
-            + self._course_numbers(problem, first, peak, trough, last)
-            + (f" {_join(held).capitalize()} held during the stay and resumed at discharge." if held else "")
-            + (" " + " ".join(changes) if changes else ""),
+            + " ".join(part for part in [
+                self._course_numbers(problem, first, peak, trough, last),
+                f"{_join(held).capitalize()} held during the stay and resumed at discharge." if held else "",
+                *changes,
+            ] if part),
         ]
         if procedures:
             lines.append("PROCEDURES: " + "; ".join(procedures) + ".")
@@ -1902,11 +1917,14 @@ class _InstructionWriter:
         series = self._series(spec.code)
         if len(series) < 3:
             return None
-        middle = [ev for ev in series[1:-1]
-                  if 0.25 <= self.position[ev.event_id] / len(self.events) <= 0.75] or series[1:-1]
+        # The anchor is the end of the encounter that measured it, which must come before the record's end.
+        ends = {ev.event_id: enc.end or ev.timestamp for enc, ev in self.record.iter_events()}
+        earlier = [ev for ev in series[1:-1] if ends[ev.event_id] < self.end]
+        middle = [ev for ev in earlier if 0.25 <= self.position[ev.event_id] / len(self.events) <= 0.75] or earlier
+        if not middle:
+            return None
         pick = self.rng.choice(middle)
-        encounter = next(enc for enc, ev in self.record.iter_events() if ev.event_id == pick.event_id)
-        anchor = encounter.end or pick.timestamp
+        anchor = ends[pick.event_id]
         candidate = self.most_recent(key, anchor)
         if candidate is None:
             return None

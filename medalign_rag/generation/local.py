@@ -19,8 +19,9 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from filelock import FileLock
 from pydantic import Field
@@ -152,7 +153,9 @@ class LocalOptions(BackendOptions):
     cache_dir: Path | None = Field(default=None, description="Root of converted copies; default ~/.cache/medalign-rag/models")
     context_length: int | None = Field(default=None, gt=0, description="Override the model config's context length")
     batch_size: int = Field(default=4, ge=1, description="Prompts decoded together (sorted by length)")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads; default torch's choice")
+    threads: int | None = Field(
+        default=None, ge=1, description="torch CPU threads while generating; default torch's (one per core)"
+    )
     seed: int = Field(default=0, description="Random seed for sampling at temperature > 0")
     name: str | None = None
 
@@ -170,8 +173,6 @@ class LocalGenerator(Generator):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self._torch = torch
-        if self.options.threads:
-            torch.set_num_threads(self.options.threads)
 
         #: True when the weights came from an already converted copy (no GGUF dequantization this time).
         self.loaded_from_cache = False
@@ -286,7 +287,7 @@ class LocalGenerator(Generator):
             eos_token_id=self._stop_ids,
             **sampling,
         )
-        with torch.inference_mode():
+        with torch.inference_mode(), self._thread_limit():
             output = self._model.generate(**encoded, generation_config=config)
         latency = time.perf_counter() - started
 
@@ -306,6 +307,19 @@ class LocalGenerator(Generator):
                 )
             )
         return results
+
+    @contextmanager
+    def _thread_limit(self) -> Iterator[None]:
+        """Apply the `threads` option for this call only: torch's thread count is global to the process."""
+        wanted = self.options.threads
+        previous = self._torch.get_num_threads()
+        if wanted:
+            self._torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            if wanted:
+                self._torch.set_num_threads(previous)
 
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]

@@ -9,6 +9,7 @@ wrong model). The connect timeout is short, so a server that is not there fails 
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -30,6 +31,12 @@ from medalign_rag.tokenization import HuggingFaceCounter, TokenCounter, default_
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 # Connection-level failures worth another try: the server may be restarting or momentarily overloaded.
 _RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# How servers word "that model is not here" (OpenAI, vLLM: "The model `x` does not exist"; others: "model not found").
+_UNKNOWN_MODEL = re.compile(
+    r"model\b.{0,80}\b(does not exist|not found|not served|not available|unknown)|\b(unknown|invalid|no such) model",
+    re.IGNORECASE,
+)
+_CONTEXT_EXCEEDED = re.compile(r"context[ _](length|window)|too many tokens|exceed", re.IGNORECASE)
 # Keys servers use in /v1/models entries for the context window (vLLM; llama.cpp's server; LM Studio & co).
 _CONTEXT_KEYS = ("max_model_len", "context_length", "max_context_length", "n_ctx")
 
@@ -265,7 +272,12 @@ class OpenAIGenerator(Generator):
         detail = _error_detail(response)
         status = response.status_code
         url = f"{self.base_url}/chat/completions"
-        if "model" in detail.lower() and status in (400, 404, 422):
+        if status in (400, 413, 422) and _CONTEXT_EXCEEDED.search(detail):
+            return MedalignError(
+                f"the prompt does not fit model {self.model!r}'s context (HTTP {status}): {detail}; "
+                "shrink the context budget or check the context_length option"
+            )
+        if status in (400, 404, 422) and _UNKNOWN_MODEL.search(detail):
             return MedalignError(f"the server at {self.base_url} rejected model {self.model!r}: HTTP {status}: {detail}")
         if status == 404:
             return MedalignError(f"{url} is not found (HTTP 404); base_url usually ends in /v1: {detail}")

@@ -17,6 +17,7 @@ from medalign_rag.index.store import (
     cleanup_stale_builds,
     file_sha256,
     load_index,
+    patient_dir,
     patient_lock,
     read_manifest,
     save_index,
@@ -96,6 +97,7 @@ class IndexBuilder:
             source_path = data.record_path(patient_id)
             source = file_sha256(source_path)
             previous = read_manifest(index_dir, patient_id)
+            existed = patient_dir(index_dir, patient_id).exists()
             if not force and previous is not None and previous.build_key() == self.expected_key(source):
                 try:
                     load_index(index_dir, patient_id)
@@ -127,7 +129,7 @@ class IndexBuilder:
             save_index(index_dir, manifest, chunks, np.asarray(owners, dtype=np.int32), vectors)
         return PatientBuildResult(
             patient_id=patient_id,
-            status="rebuilt" if previous is not None else "built",
+            status="rebuilt" if existed else "built",
             chunks=len(chunks),
             windows=len(texts),
             seconds=time.perf_counter() - started,

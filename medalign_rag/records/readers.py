@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from xml.parsers import expat
@@ -112,6 +113,7 @@ _US_FORMATS = (
 )
 
 
+@lru_cache(maxsize=8192)  # entries repeat timestamps a lot; datetimes are immutable, so sharing them is safe
 def parse_timestamp(text: str) -> datetime | None:
     """Parse the timestamps either layout uses (ISO-like or US style); None if `text` is not one.
 

@@ -1,0 +1,91 @@
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from medalign_rag.chunking import ChunkingSettings, chunk_record
+from medalign_rag.context import assemble_context, render_context
+from medalign_rag.errors import MedalignError
+from medalign_rag.index.store import IndexManifest, PatientIndex
+from medalign_rag.tokenization import default_counter
+from tests.factories import make_record
+
+import faiss
+import numpy as np
+
+
+def lexical_index(seed: int, n_encounters: int = 8, max_tokens: int = 400) -> PatientIndex:
+    """An index without vectors: context assembly only needs the chunks."""
+    record = make_record(seed, n_encounters=n_encounters, max_events=40, note_words=120)
+    chunks = chunk_record(record, default_counter(), ChunkingSettings(max_tokens=max_tokens))
+    manifest = IndexManifest(patient_id=record.patient_id, embedding_model="none", dimension=4,
+                             chunking=ChunkingSettings(max_tokens=max_tokens), window_tokens=256, overlap_tokens=32,
+                             token_counter="cl100k_base", source_sha256="x", n_chunks=len(chunks), n_windows=0)
+    return PatientIndex(manifest=manifest, chunks=chunks, window_chunk=np.zeros(0, np.int32),
+                        vectors=faiss.IndexFlatIP(4))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 5000), budget=st.integers(600, 9000), overhead=st.integers(0, 200),
+       shuffle_seed=st.integers(0, 100), full=st.booleans())
+def test_context_never_exceeds_the_budget(seed, budget, overhead, shuffle_seed, full):
+    index = lexical_index(seed)
+    counter = default_counter()
+    ranking = None
+    if not full:
+        ranking = list(range(len(index.chunks)))
+        np.random.default_rng(shuffle_seed).shuffle(ranking)
+    assembled = assemble_context(index, strategy="full" if full else "test", budget=budget, counter=counter,
+                                 ranking=ranking, overhead_tokens=overhead, reserve_tokens=256)
+    assert assembled.context_tokens == counter.count(assembled.text)
+    assert assembled.context_tokens <= budget - overhead - 256
+    # what went in is exactly what the text shows, in chronological order
+    all_events = {ev.event_id: ev for c in index.chunks for ev in c.events}
+    stamps = [all_events[e].timestamp for e in assembled.event_ids]
+    assert stamps == sorted(stamps)
+    assert len(set(assembled.event_ids)) == len(assembled.event_ids)
+
+
+def test_full_keeps_the_most_recent_part():
+    index = lexical_index(11, n_encounters=12)
+    assembled = assemble_context(index, strategy="full", budget=2048, counter=default_counter())
+    ordered = [ev.event_id for c in index.chunks for ev in c.events]
+    kept = assembled.event_ids
+    assert kept and len(kept) < len(ordered)
+    assert kept == ordered[-len(kept):], "full must keep a suffix of the record"
+
+
+def test_ranked_chunks_are_packed_in_rank_order():
+    index = lexical_index(5, n_encounters=10)
+    ranking = list(reversed(range(len(index.chunks))))[::2] + list(reversed(range(len(index.chunks))))[1::2]
+    assembled = assemble_context(index, strategy="test", budget=2048, counter=default_counter(), ranking=ranking)
+    first = index.chunks[ranking[0]]
+    assert first.chunk_id in assembled.chunk_ids
+    chosen = set(assembled.chunk_ids)
+    # a chunk is only chosen if every better-ranked chunk is chosen too (the last one may be trimmed)
+    positions = [r for r, p in enumerate(ranking) if index.chunks[p].chunk_id in chosen]
+    assert positions == list(range(len(positions)))
+
+
+def test_time_anchor_hides_later_events():
+    index = lexical_index(7, n_encounters=10)
+    middle = index.chunks[len(index.chunks) // 2].start
+    assembled = assemble_context(index, strategy="full", budget=32768, counter=default_counter(), time_anchor=middle)
+    all_events = {ev.event_id: ev for c in index.chunks for ev in c.events}
+    assert assembled.event_ids
+    assert all(all_events[e].timestamp <= middle for e in assembled.event_ids)
+
+
+def test_budget_smaller_than_the_prompt_is_a_clear_error():
+    index = lexical_index(1)
+    with pytest.raises(MedalignError, match="no room"):
+        assemble_context(index, strategy="full", budget=300, counter=default_counter(), overhead_tokens=100)
+
+
+def test_rendered_context_is_well_formed_xml():
+    import xml.etree.ElementTree as ET
+
+    index = lexical_index(2)
+    selected = {0: list(range(len(index.chunks[0].events))), len(index.chunks) - 1: [0]}
+    text, citations, event_ids = render_context(index, selected)
+    root = ET.fromstring(text)
+    assert root.tag == "eventstream"
+    assert len(root.findall("encounter")) == len(citations)

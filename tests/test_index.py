@@ -1,0 +1,137 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medalign_rag.chunking import chunk_record
+from medalign_rag.errors import MedalignError
+from medalign_rag.index.builder import IndexBuilder, IndexSettings
+from medalign_rag.index.store import CHUNKS, MANIFEST, VECTORS, load_index, patient_dir
+from medalign_rag.records.dataset import open_data_folder
+from medalign_rag.records.serialize import write_release_xml
+from medalign_rag.retrieval import make_retriever
+from medalign_rag.tokenization import default_counter
+from tests.factories import make_record
+
+
+def write_cohort(folder: Path, n: int, n_encounters: int = 5, seed: int = 0) -> None:
+    for i in range(n):
+        record = make_record(seed + i, n_encounters=n_encounters, max_events=30, note_words=80,
+                             patient_id=f"pt-{i:02d}")
+        write_release_xml(record, folder / "ehrs" / f"pt-{i:02d}.xml")
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory):
+    index_dir = tmp_path_factory.mktemp("indexes")
+    return IndexBuilder(IndexSettings(index_dir=index_dir))
+
+
+def test_build_skip_rebuild_and_retrieve(tmp_path, builder):
+    write_cohort(tmp_path, 3)
+    data = open_data_folder(tmp_path)
+    first = builder.build(data)
+    assert [r.status for r in first.results] == ["built"] * 3
+    second = builder.build(data)
+    assert [r.status for r in second.results] == ["skipped"] * 3
+
+    changed = make_record(99, n_encounters=4, patient_id="pt-01")
+    write_release_xml(changed, tmp_path / "ehrs" / "pt-01.xml")
+    third = builder.build(data)
+    assert [r.status for r in third.results] == ["skipped", "rebuilt", "skipped"]
+
+    index = load_index(builder.settings.index_dir, "pt-01")
+    expected = chunk_record(data.load_record("pt-01"), default_counter(), builder.settings.chunking)
+    assert [c.chunk_id for c in index.chunks] == [c.chunk_id for c in expected]
+    assert index.vectors.ntotal == len(index.window_chunk) >= len(index.chunks)
+    # every chunk has at least one window, so no chunk is invisible to dense retrieval
+    assert set(np.unique(index.window_chunk)) == set(range(len(index.chunks)))
+
+    dense = make_retriever("dense", index, embedder=builder.embedder)
+    lab_chunk = next(c for c in index.chunks if any(ev.name == "Creatinine" for ev in c.events))
+    ranked = dense.rank("Creatinine mg/dL")
+    assert len(ranked) == len(index.chunks)
+    nodes = dense.retrieve("Creatinine mg/dL")
+    assert nodes and nodes[0].node.metadata["encounter_id"].startswith("pt-01-enc")
+    bm25 = make_retriever("bm25", index)
+    assert index.chunks[bm25.rank("creatinine")[0][0]].chunk_id in {
+        c.chunk_id for c in index.chunks if any(ev.name == "Creatinine" for ev in c.events)}
+    assert lab_chunk.chunk_id in {index.chunks[p].chunk_id for p, _ in make_retriever(
+        "hybrid", index, embedder=builder.embedder).rank("creatinine")[:len(index.chunks)]}
+
+
+def test_a_corrupted_index_is_detected_and_rebuilt(tmp_path, builder):
+    write_cohort(tmp_path, 1, seed=40)
+    data = open_data_folder(tmp_path)
+    builder.build(data)
+    folder = patient_dir(builder.settings.index_dir, "pt-00")
+    with open(folder / CHUNKS, "r+b") as handle:
+        handle.seek(10)
+        handle.write(b"XXXX")
+    with pytest.raises(MedalignError, match="corrupted"):
+        load_index(builder.settings.index_dir, "pt-00")
+    (folder / MANIFEST).write_text("{not json", encoding="utf-8")
+    with pytest.raises(MedalignError, match="manifest"):
+        load_index(builder.settings.index_dir, "pt-00")
+    assert builder.build(data).results[0].status == "rebuilt"
+    load_index(builder.settings.index_dir, "pt-00")
+
+
+def test_a_changed_embedding_model_setting_triggers_a_rebuild(tmp_path, builder):
+    write_cohort(tmp_path, 1, seed=50)
+    data = open_data_folder(tmp_path)
+    builder.build(data)
+    other = IndexBuilder(IndexSettings(index_dir=builder.settings.index_dir,
+                                       chunking={"max_tokens": 256}))
+    assert not other.is_current(data, "pt-00")
+    assert other.build(data).results[0].status == "rebuilt"
+
+
+def _index_cmd(data: Path, index_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "medalign_rag.cli", "index", "--data", str(data), "--index-dir", str(index_dir)]
+
+
+def test_killing_a_build_leaves_every_index_loadable(tmp_path):
+    write_cohort(tmp_path / "data", 8, n_encounters=12, seed=100)
+    index_dir = tmp_path / "idx"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(_index_cmd(tmp_path / "data", index_dir), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(index_dir.glob("*/manifest.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    built_before = {p.parent.name for p in index_dir.glob("*/manifest.json")}
+    assert 2 <= len(built_before) < 8, "the kill must land mid-build"
+    for patient_id in built_before:
+        load_index(index_dir, patient_id)
+
+    rerun = subprocess.run(_index_cmd(tmp_path / "data", index_dir) + ["--json"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    data = open_data_folder(tmp_path / "data")
+    for patient_id in data.patient_ids():
+        index = load_index(index_dir, patient_id)
+        expected = chunk_record(data.load_record(patient_id), default_counter())
+        assert [c.event_ids for c in index.chunks] == [c.event_ids for c in expected]
+    assert not list(index_dir.glob(".*.build-*")), "staging folders of the killed build are cleaned up"
+
+
+def test_two_processes_building_the_same_patients_do_not_corrupt_them(tmp_path):
+    write_cohort(tmp_path / "data", 3, n_encounters=8, seed=200)
+    index_dir = tmp_path / "idx"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen(_index_cmd(tmp_path / "data", index_dir) + ["--force"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    for patient_id in ("pt-00", "pt-01", "pt-02"):
+        index = load_index(index_dir, patient_id)
+        assert index.vectors.ntotal == index.manifest.n_windows
