@@ -28,8 +28,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medalign_rag.atomic import atomic_write_text  # noqa: E402
-from medalign_rag.generation import create_generator, load_prompt_template  # noqa: E402
+from medalign_rag.atomic import atomic_write_text
+from medalign_rag.generation import create_generator, load_prompt_template
 
 QUESTION = "Summarize the patient's diabetes management over the last year, with the dates of the encounters used."
 
@@ -127,7 +127,10 @@ def main() -> None:
         ("generate: latency (median)", f"{latency:.2f} s"),
         ("generate: end-to-end tokens/s (prefill included)", f"{completion / latency:.1f}"),
         ("generate: decode tokens/s (prefill excluded)", f"{decode_rate:.1f}"),
-        (f"batch of 4 (batch_size=4): completion tokens / wall (median)", f"{batch_tokens} / {batch_wall:.2f} s = {batch_tokens / batch_wall:.1f} tok/s"),
+        (
+            "batch of 4 (batch_size=4): completion tokens / wall (median)",
+            f"{batch_tokens} / {batch_wall:.2f} s = {batch_tokens / batch_wall:.1f} tok/s",
+        ),
     ]
     header = (
         f"## Local generation backend: SmolLM2-135M-Instruct (fp32, CPU)\n\n"

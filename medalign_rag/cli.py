@@ -303,9 +303,10 @@ def convert_mimic(
     from medalign_rag.datasets.mimic_iv_demo import convert_mimic_iv_demo
 
     summary = convert_mimic_iv_demo(src, _meds_file(meds), out, progress=True)
-    console.print(f"converted: {summary}", highlight=False)
+    console.print(f"converted {len(list((out / 'ehrs').glob('*.xml')))} patients to {out} "
+                  f"in {summary.seconds:.1f} s", highlight=False)
     if tasks is not None:
-        _convert_fhir(tasks, out, src, meds)
+        _convert_fhir(tasks, out, src, meds, write_records=False)
 
 
 def _meds_file(meds: Optional[Path]) -> Optional[Path]:
@@ -317,13 +318,13 @@ def _meds_file(meds: Optional[Path]) -> Optional[Path]:
     return meds
 
 
-def _convert_fhir(tasks: Path, data: Path, src: Path, meds: Optional[Path]) -> None:
+def _convert_fhir(tasks: Path, data: Path, src: Path, meds: Optional[Path], write_records: bool = True) -> None:
     from medalign_rag.datasets.fhir_agentbench import convert_fhir_agentbench
 
-    resolution = convert_fhir_agentbench(tasks, data, src, _meds_file(meds))
-    payload = resolution.model_dump(mode="json") if hasattr(resolution, "model_dump") else resolution
+    resolution = convert_fhir_agentbench(tasks, data, src, _meds_file(meds), progress=True,
+                                         write_records=write_records)
     console.print(f"evidence resolution -> {data / 'evidence_resolution.json'}")
-    print_json(payload)
+    print_json(resolution.to_json_dict())
 
 
 @convert_app.command("fhir-agentbench")

@@ -59,9 +59,16 @@ def test_zero_one_is_yes_no_or_count_by_template_or_question():
     count_template = "Count the number of ICU visits of patient {patient_id} [time_filter_global1]."
     assert normalize_gold([[1]], template=yes_template).kind is AnswerKind.yes_no
     assert normalize_gold([[1]], template=count_template).kind is AnswerKind.number
-    assert normalize_gold([[0]], question="Has patient 10023239 had any medication prescribed since 05/2137?").kind is AnswerKind.yes_no
-    assert normalize_gold([[1]], question="In 07/2178 did patient 10016742 undergo a creatinine, urine test?").kind is AnswerKind.yes_no
-    assert normalize_gold([[1]], question="How frequently was milk of magnesia prescribed to patient 10005348?").kind is AnswerKind.number
+    questions = {
+        "Has patient 10023239 had any medication prescribed since 05/2137?": AnswerKind.yes_no,
+        "In 07/2178 did patient 10016742 undergo a creatinine, urine test?": AnswerKind.yes_no,
+        "Since 2100, was patient 10001217 admitted to the emergency room?": AnswerKind.yes_no,
+        "Can you tell me if the emesis event did occur to patient 10025612 on 10/02/this year?": AnswerKind.yes_no,
+        "How frequently was milk of magnesia prescribed to patient 10005348?": AnswerKind.number,
+        "What was the first dose of glucagon that patient 10023239 was prescribed?": AnswerKind.number,
+    }
+    for question, kind in questions.items():
+        assert normalize_gold([[1]], question=question).kind is kind, question
     ambiguous = normalize_gold([[1]])
     assert ambiguous.kind is AnswerKind.yes_no and ambiguous.also_count
     # A measured value of 1.0 is a number, not "yes".
@@ -87,6 +94,8 @@ DATETIME_GOLD = [["2114-06-20 11:09:00"]]
         ("June 20, 2114 at 11:09 PM", False),
         ("2114-06-21 11:09", False),
         ("06/20/2115 11:09", False),
+        # The 11:09 belongs to the day before; the gold day is given without a time.
+        ("2114-06-19 11:09, then again on 2114-06-20", False),
     ],
 )
 def test_datetime_answers(prediction, expected):
@@ -160,7 +169,11 @@ def test_ambiguous_zero_one_accepts_either_reading():
         ("The drugs were Aspirin and Irbesartan.", [["Aspirin"], ["irbesartan"]], True),
         ("Only aspirin was prescribed.", [["Aspirin"], ["irbesartan"]], False),
         ("sodium chloride 0.9% flush", [["Sodium Chloride 0.9%  Flush"]], True),
-        ("Organism: Candida albicans, presumptive identification.", [["CANDIDA ALBICANS, PRESUMPTIVE IDENTIFICATION"]], True),
+        (
+            "Organism: Candida albicans, presumptive identification.",
+            [["CANDIDA ALBICANS, PRESUMPTIVE IDENTIFICATION"]],
+            True,
+        ),
         ("Ipratropium albuterol neb", [["Ipratropium-Albuterol Neb"]], True),
         ("HYDROmorphone (Dilaudid) 2 mg", [["HYDROmorphone (Dilaudid)"]], True),
         ("Heparin Sodium", [["Heparin"]], True),
@@ -168,7 +181,11 @@ def test_ambiguous_zero_one_accepts_either_reading():
         ("The patient is male.", [["M"]], True),
         ("The patient is female.", [["M"]], False),
         ("Gender: F", [["F"]], True),
-        ("Midazolam, fentanyl citrate and 0.9% sodium chloride via IV.", "[['Midazolam']\n ['Fentanyl Citrate']\n ['0.9% Sodium Chloride']]", True),
+        (
+            "Midazolam, fentanyl citrate and 0.9% sodium chloride via IV.",
+            "[['Midazolam']\n ['Fentanyl Citrate']\n ['0.9% Sodium Chloride']]",
+            True,
+        ),
     ],
 )
 def test_text_answers(prediction, gold, expected):

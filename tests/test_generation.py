@@ -74,6 +74,25 @@ def test_option_out_of_range_is_rejected():
         validate_options("local", {"batch_size": 0})
 
 
+def test_concurrency_is_also_accepted_as_max_concurrency():
+    options = validate_options("openai", {"base_url": "http://127.0.0.1:9/v1", "max_concurrency": 3})
+    assert options.concurrency == 3  # type: ignore[attr-defined]
+
+
+def test_shipped_run_configs_have_valid_backend_options():
+    import yaml
+
+    configs = sorted((DEFAULT_PROMPT_PATH.parents[1]).glob("*.yaml"))
+    checked = 0
+    for path in configs:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if config.get("backend") in ("local", "openai", "vllm"):
+            validate_options(config["backend"], config.get("backend_options") or {})
+            checked += 1
+    if not checked:
+        pytest.skip("no run config with a generation backend under configs/")
+
+
 class _ReverseOptions(BackendOptions):
     suffix: str = ""
 
@@ -93,7 +112,10 @@ class _ReverseGenerator(Generator):
         texts = [prompt[::-1] + self.options.suffix for prompt in prompts]
         return [
             GenerationResult(
-                text=text, prompt_tokens=self.tokenizer.count(p), completion_tokens=self.tokenizer.count(text), latency_s=0.0
+                text=text,
+                prompt_tokens=self.tokenizer.count(p),
+                completion_tokens=self.tokenizer.count(text),
+                latency_s=0.0,
             )
             for p, text in zip(prompts, texts)
         ]

@@ -179,3 +179,10 @@ def test_embedding_similarity_rejects_unpaired_input(similarity: EmbeddingSimila
         similarity.score(["a", "b"], [["a"]])
     with pytest.raises(MedalignError, match="non-empty list"):
         similarity.score(["a"], [[]])
+
+
+def test_retrieval_scores_reject_non_numeric_input():
+    with pytest.raises(MedalignError, match=r"qrels\['q'\]\['a'\]"):
+        retrieval_scores({"q": {"a": 1.0}}, {"q": {"a": "relevant"}})  # type: ignore[dict-item]
+    with pytest.raises(MedalignError, match=r"run\['q'\]\['a'\]"):
+        retrieval_scores({"q": {"a": float("nan")}}, {"q": {"a": 1}})

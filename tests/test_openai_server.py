@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import httpx
 import pytest
@@ -38,7 +37,7 @@ def _free_port() -> int:
 def llama_server(tmp_path_factory) -> Iterator[str]:
     """Base URL (…/v1) of llama-cpp-python's OpenAI server running SmolLM2 on a free loopback port."""
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
         import llama_cpp.server.app  # noqa: F401  (pulls the [server] extra: fastapi, uvicorn, sse-starlette, ...)
     except ImportError as error:
         pytest.skip(f"llama-cpp-python with its [server] extra is not installed ({error})")
@@ -230,7 +229,11 @@ class _FlakyHandler(BaseHTTPRequestHandler):
             status = self.server.failures.pop(0) if self.server.failures else 200
         if status != 200:
             headers = {"Retry-After": self.server.retry_after} if self.server.retry_after else {}
-            self._send(status, {"error": {"message": f"{self.server.error_message} ({status})", "type": "server_error"}}, headers)
+            self._send(
+                status,
+                {"error": {"message": f"{self.server.error_message} ({status})", "type": "server_error"}},
+                headers,
+            )
             return
         prompt = request["messages"][-1]["content"]
         self._send(
@@ -276,18 +279,18 @@ def test_429_is_retried(flaky_server):
 
 @pytest.mark.parametrize("flaky_server", [{"failures": [503] * 10}], indirect=True)
 def test_retries_are_bounded(flaky_server):
-    with create_generator("openai", base_url=flaky_server.base_url, backoff_s=0.01, max_retries=2) as generator:
-        with pytest.raises(MedalignError) as caught:
-            generator.generate(["x"])
+    generator = create_generator("openai", base_url=flaky_server.base_url, backoff_s=0.01, max_retries=2)
+    with generator, pytest.raises(MedalignError) as caught:
+        generator.generate(["x"])
     assert "503" in str(caught.value) and "busy" in str(caught.value)
     assert len(flaky_server.completion_requests) == 3
 
 
 @pytest.mark.parametrize("flaky_server", [{"failures": [400]}], indirect=True)
 def test_client_errors_are_not_retried(flaky_server):
-    with create_generator("openai", base_url=flaky_server.base_url, backoff_s=0.01) as generator:
-        with pytest.raises(MedalignError, match="HTTP 400"):
-            generator.generate(["x"])
+    generator = create_generator("openai", base_url=flaky_server.base_url, backoff_s=0.01)
+    with generator, pytest.raises(MedalignError, match="HTTP 400"):
+        generator.generate(["x"])
     assert len(flaky_server.completion_requests) == 1
 
 
@@ -335,9 +338,9 @@ def test_api_key_is_read_from_the_named_environment_variable(flaky_server, monke
 )
 def test_wrong_model_reported_by_the_completion_endpoint(flaky_server):
     # Without /models the name cannot be checked up front; the server's 404 body must still be explained.
-    with create_generator("openai", base_url=flaky_server.base_url, model="m2", context_length=512) as generator:
-        with pytest.raises(MedalignError, match="rejected model 'm2'.*does not exist"):
-            generator.generate(["x"])
+    generator = create_generator("openai", base_url=flaky_server.base_url, model="m2", context_length=512)
+    with generator, pytest.raises(MedalignError, match="rejected model 'm2'.*does not exist"):
+        generator.generate(["x"])
     assert len(flaky_server.completion_requests) == 1
 
 

@@ -513,8 +513,6 @@ def _omr_events(omr: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def _medication_events(rx: "pd.DataFrame", pharmacy: "pd.DataFrame") -> list["pd.DataFrame"]:
-    import pandas as pd
-
     frequency = dict(zip(pharmacy["pharmacy_id"], pharmacy["frequency"]))
     # One pharmacy order can list several components (the drug and its diluent bag); the main drug gets
     # rx-<pharmacy_id>, further components rx-<pharmacy_id>-2, -3 ... in source order.
@@ -545,7 +543,7 @@ def _medication_events(rx: "pd.DataFrame", pharmacy: "pd.DataFrame") -> list["pd
         text=_join(orphans["route"], orphans["frequency"], "until " + _key_time(orphans["stoptime"])),
         fhir_ns="MedicationRequest", fhir_key=orphans["pharmacy_id"],
     )
-    return [prescribed, orphan_events if len(orphan_events) else pd.DataFrame(columns=EVENT_COLUMNS)]
+    return [prescribed, orphan_events]
 
 
 def _item_labels(d_items: "pd.DataFrame") -> dict[str, str]:
@@ -680,7 +678,7 @@ def load_mimic_events(
     src = Path(src)
     if not src.is_dir():
         raise MedalignError("MIMIC-IV demo folder not found (expected hosp/ and icu/ inside)", path=src)
-    # Fail before minutes of reading when an input is missing.
+    # Fail before reading anything when an input is missing.
     for table in REQUIRED_TABLES:
         if not _table_path(src, table).is_file():
             raise MedalignError(f"MIMIC-IV demo table {table}.csv.gz not found", path=_table_path(src, table))

@@ -128,6 +128,8 @@ def normalize_gold(
     no/yes or is a count; with neither, both readings are accepted.
     """
     rows = parse_true_answer(gold_rows) if isinstance(gold_rows, str) else gold_rows
+    if not isinstance(rows, (list, tuple)):
+        raise MedalignError(f"gold answer must be a list of rows, got {type(rows).__name__}")
     typed: list[tuple[AnswerKind, GoldValue | bool]] = []
     for row in rows:
         cells = row if isinstance(row, (list, tuple)) else [row]
@@ -249,13 +251,17 @@ def _date_mentions(text: str) -> list[_DateMention]:
             at: time | None = None
             has_seconds = False
             after = _TIME_AFTER.match(text[end : end + 30])
-            before = _TIME_BEFORE.search(text[max(0, start - 30) : start])
+            window_start = max(0, start - 30)
+            before = _TIME_BEFORE.search(text[window_start:start])
             if after and (parsed := _time_from(after)):
                 at, has_seconds = parsed
                 end += after.end()
             elif before and (parsed := _time_from(before)):
-                at, has_seconds = parsed
-                start -= len(text[max(0, start - 30) : start]) - before.start()
+                before_start = window_start + before.start()
+                # "2114-06-19 08:00, 2114-06-20": that 08:00 belongs to the first date, not to this one.
+                if not any(before_start < t_end and t_start < start for t_start, t_end in taken):
+                    at, has_seconds = parsed
+                    start = before_start
             taken.append((start, end))
             mentions.append(_DateMention(day, at, has_seconds, (start, end)))
     return mentions
@@ -270,7 +276,9 @@ _WORD_NUMBERS = {
 } | {"once": 1.0, "twice": 2.0, "thrice": 3.0, "single": 1.0}
 # A sign counts only when it does not join two tokens ("1-2" is a range, " -14" is negative).
 _NUMBER = re.compile(
-    r"(?<![\w.])(?P<sign>[-+\u2212]?)(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE](?P<exp>[-+]?\d+))?"
+    r"(?<![\w.])(?P<sign>[-+\u2212]?)"
+    r"(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"(?:[eE](?P<exp>[-+]?\d+))?"
 )
 _WORD_NUMBER = re.compile(r"\b(" + "|".join(_WORD_NUMBERS) + r")\b", re.IGNORECASE)
 
@@ -339,7 +347,10 @@ def _says_nothing_found(prediction: str) -> bool:
 
 
 def _canonical_text(text: str) -> str:
-    """Case-, whitespace- and punctuation-insensitive form: 'Ipratropium-Albuterol  Neb' == 'ipratropium albuterol neb'."""
+    """Case-, whitespace- and punctuation-insensitive form.
+
+    'Ipratropium-Albuterol  Neb' and 'ipratropium albuterol neb' give the same text.
+    """
     text = unicodedata.normalize("NFKC", text).casefold()
     text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)  # a dot is punctuation unless it is a decimal point
     text = re.sub(r"[^\w%+.]+|_", " ", text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -40,11 +41,12 @@ def retrieval_scores(
     for k in k_values:
         if not isinstance(k, int) or k < 1:
             raise MedalignError(f"retrieval cut-off k must be a positive integer, got {k!r}")
-    judged = {
-        str(query): {str(doc): int(grade) for doc, grade in docs.items() if int(grade) > 0}
-        for query, docs in qrels.items()
-    }
-    judged = {query: docs for query, docs in judged.items() if docs}
+    judged: dict[str, dict[str, int]] = {}
+    for query, docs in qrels.items():
+        grades = {str(doc): _as_number(grade, int, query, doc, "qrels") for doc, grade in docs.items()}
+        relevant = {doc: grade for doc, grade in grades.items() if grade > 0}
+        if relevant:
+            judged[str(query)] = relevant
     metric_names = [f"recall@{k}" for k in k_values] + ["mrr"] + [f"ndcg@{k}" for k in k_values]
     if not judged:
         return {}
@@ -52,7 +54,7 @@ def retrieval_scores(
     retrieved: dict[str, dict[str, float]] = {}
     empty_queries: list[str] = []
     for query in judged:
-        docs = {str(doc): float(score) for doc, score in run.get(query, {}).items()}
+        docs = {str(doc): _as_number(score, float, query, doc, "run") for doc, score in run.get(query, {}).items()}
         if docs:
             retrieved[query] = docs
         else:
@@ -62,11 +64,24 @@ def retrieval_scores(
     if retrieved:
         scored_qrels = Qrels({query: judged[query] for query in retrieved})
         scored_run = Run(retrieved)
-        evaluate(scored_qrels, scored_run, metric_names, return_mean=False, make_comparable=False)
+        with warnings.catch_warnings():
+            # numba's compile-time note about casting uint64 ranks to int64 inside ranx: noise for callers.
+            warnings.filterwarnings("ignore", message=".*unsafe cast.*")
+            evaluate(scored_qrels, scored_run, metric_names, return_mean=False, make_comparable=False)
         # ranx keeps per-query results on the run, keyed by query id, so no reliance on array order.
         for query in retrieved:
             results[query] = {name: float(scored_run.scores[name][query]) for name in metric_names}
     return {query: results[query] for query in judged}
+
+
+def _as_number(value: object, kind: type, query: object, doc: object, where: str) -> float | int:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as error:
+        raise MedalignError(f"{where}[{query!r}][{doc!r}] = {value!r} is not a number") from error
+    if isinstance(number, float) and not math.isfinite(number):
+        raise MedalignError(f"{where}[{query!r}][{doc!r}] = {value!r} is not a finite number")
+    return number
 
 
 def evidence_coverage(gold_event_ids: Iterable[str], context_event_ids: Iterable[str]) -> float | None:
@@ -156,13 +171,16 @@ def packaged_model_path(distribution: str = DEFAULT_EMBEDDING_DISTRIBUTION) -> P
         raise MedalignError(
             f"the embedding model package {distribution!r} is not installed (pip install {distribution})"
         ) from error
-    for file in files:
-        if file.name == "modules.json":
-            return Path(str(file.locate())).resolve().parent
+    manifests = [file for file in files if file.name == "modules.json"]
+    if manifests:
+        top = min(manifests, key=lambda file: len(file.parts))  # the model itself, not a nested module
+        return Path(str(top.locate())).resolve().parent
     raise MedalignError(f"package {distribution!r} holds no sentence-transformers model (no modules.json)")
 
 
-def load_default_embedding_model(distribution: str = DEFAULT_EMBEDDING_DISTRIBUTION, device: str = "cpu") -> "SentenceTransformer":
+def load_default_embedding_model(
+    distribution: str = DEFAULT_EMBEDDING_DISTRIBUTION, device: str = "cpu"
+) -> "SentenceTransformer":
     """The packaged all-MiniLM-L6-v2 as a SentenceTransformer, loaded from site-packages without any download."""
     if importlib.util.find_spec("sentence_transformers") is None:
         raise MedalignError("sentence-transformers is not installed (pip install sentence-transformers)")

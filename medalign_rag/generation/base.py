@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -61,7 +62,7 @@ class Generator(ABC):
     def close(self) -> None:
         """Release the model or connections. Safe to call more than once."""
 
-    def __enter__(self) -> "Generator":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -95,7 +96,9 @@ def register_backend(name: str) -> Callable[[G], G]:
     def decorate(cls: G) -> G:
         existing = _BACKENDS.get(name)
         if existing is not None and existing is not cls:
-            raise MedalignError(f"generation backend {name!r} is registered twice ({existing.__name__}, {cls.__name__})")
+            raise MedalignError(
+                f"generation backend {name!r} is registered twice ({existing.__name__}, {cls.__name__})"
+            )
         cls.backend = name
         _BACKENDS[name] = cls
         return cls
@@ -113,9 +116,7 @@ def backend_class(backend: str) -> type[Generator]:
         importlib.import_module(_BACKEND_MODULES[backend])
     cls = _BACKENDS.get(backend)
     if cls is None:
-        raise MedalignError(
-            f"unknown generation backend {backend!r}; known backends: {', '.join(known_backends())}"
-        )
+        raise MedalignError(f"unknown generation backend {backend!r}; known backends: {', '.join(known_backends())}")
     return cls
 
 

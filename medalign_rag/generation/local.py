@@ -19,9 +19,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from filelock import FileLock
 from pydantic import Field
@@ -150,7 +151,9 @@ class LocalOptions(BackendOptions):
         default=None, description="A local transformers model folder or cached hub name; default SmolLM2 GGUF"
     )
     gguf_file: Path | None = Field(default=None, description="A GGUF file to convert and load instead of SmolLM2")
-    cache_dir: Path | None = Field(default=None, description="Root of converted copies; default ~/.cache/medalign-rag/models")
+    cache_dir: Path | None = Field(
+        default=None, description="Root of converted copies; default ~/.cache/medalign-rag/models"
+    )
     context_length: int | None = Field(default=None, gt=0, description="Override the model config's context length")
     batch_size: int = Field(default=4, ge=1, description="Prompts decoded together (sorted by length)")
     threads: int | None = Field(
@@ -237,8 +240,10 @@ class LocalGenerator(Generator):
 
     def chat_text(self, prompt: str) -> str:
         """`prompt` as the model reads it: wrapped in its chat template, ready for the assistant's turn."""
-        return self._hf_tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        return str(
+            self._hf_tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
         )
 
     def count_prompt_tokens(self, prompt: str) -> int:
@@ -265,7 +270,9 @@ class LocalGenerator(Generator):
         size = self.options.batch_size
         for start in range(0, len(order), size):
             batch = order[start : start + size]
-            for index, result in zip(batch, self._generate_batch([chat_texts[i] for i in batch], max_tokens, temperature)):
+            for index, result in zip(
+                batch, self._generate_batch([chat_texts[i] for i in batch], max_tokens, temperature)
+            ):
                 results[index] = result
         return [results[i] for i in range(len(prompts))]
 
@@ -300,7 +307,7 @@ class LocalGenerator(Generator):
                 if token in stop:
                     break
                 completion.append(token)
-            text = self._hf_tokenizer.decode(completion, skip_special_tokens=True).strip()
+            text = str(self._hf_tokenizer.decode(completion, skip_special_tokens=True)).strip()
             results.append(
                 GenerationResult(
                     text=text, prompt_tokens=int(prompt_tokens), completion_tokens=len(completion), latency_s=latency

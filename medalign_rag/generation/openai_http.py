@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from medalign_rag.errors import MedalignError
 from medalign_rag.generation.base import (
@@ -47,7 +47,13 @@ class OpenAIOptions(BackendOptions):
     api_key_env: str | None = Field(
         default="OPENAI_API_KEY", description="Name of the environment variable holding the API key (sent if set)"
     )
-    concurrency: int = Field(default=4, ge=1, le=256, description="Requests in flight at once")
+    concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        validation_alias=AliasChoices("concurrency", "max_concurrency"),
+        description="Requests in flight at once (also accepted as max_concurrency)",
+    )
     connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection")
     read_timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for an answer")
     max_retries: int = Field(default=3, ge=0, le=10, description="Extra attempts on 429/5xx/connection errors")
@@ -278,7 +284,9 @@ class OpenAIGenerator(Generator):
                 "shrink the context budget or check the context_length option"
             )
         if status in (400, 404, 422) and _UNKNOWN_MODEL.search(detail):
-            return MedalignError(f"the server at {self.base_url} rejected model {self.model!r}: HTTP {status}: {detail}")
+            return MedalignError(
+                f"the server at {self.base_url} rejected model {self.model!r}: HTTP {status}: {detail}"
+            )
         if status == 404:
             return MedalignError(f"{url} is not found (HTTP 404); base_url usually ends in /v1: {detail}")
         if status in (401, 403):

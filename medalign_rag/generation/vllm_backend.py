@@ -76,8 +76,10 @@ class VLLMGenerator(Generator):
         self.context_length = int(self._llm.llm_engine.model_config.max_model_len)
 
     def _chat_text(self, prompt: str) -> str:
-        return self._hf_tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        return str(
+            self._hf_tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
         )
 
     def count_prompt_tokens(self, prompt: str) -> int:
