@@ -61,6 +61,75 @@ def prompt_of_about(generator, tokens: int) -> str:
     return template.render(QUESTION, synthetic_ehr(low), datetime(2022, 1, 1))
 
 
+def bench_llama_server(prompt: str, max_tokens: int, repeats: int, threads: int) -> list[tuple[str, str]]:
+    """The same prompt through the `openai` backend against llama-cpp-python's server (SmolLM2 Q4_1 GGUF)."""
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError:
+        return [("llama.cpp server via openai backend", "skipped: llama-cpp-python[server] not installed")]
+    import socket
+    import subprocess
+
+    import httpx
+
+    from medalign_rag.generation.local import find_smollm2_gguf
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(find_smollm2_gguf()),
+        "--model_alias",
+        "smollm2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "4096",
+        "--n_threads",
+        str(threads),
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            return [("llama.cpp server via openai backend", "skipped: server did not start")]
+        with create_generator("openai", base_url=base_url, context_length=4096, tokenizer="local") as generator:
+            generator.generate(["Warm up."], max_tokens=4)
+            # A different first line each time: llama.cpp reuses the KV cache of a repeated prefix.
+            runs = [generator.generate([f"Run {i}.\n{prompt}"], max_tokens=max_tokens)[0] for i in range(repeats)]
+            t0 = time.perf_counter()
+            batch = generator.generate([f"Batch {i}.\n{prompt}" for i in range(4)], max_tokens=max_tokens)
+            batch_wall = time.perf_counter() - t0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    completion = statistics.median(r.completion_tokens for r in runs)
+    latency = statistics.median(r.latency_s for r in runs)
+    batch_tokens = sum(r.completion_tokens for r in batch)
+    return [
+        (f"llama.cpp server (Q4_1, {threads} threads) via openai backend: tokens produced (median)", f"{completion:g}"),
+        ("llama.cpp server: latency (median)", f"{latency:.2f} s"),
+        ("llama.cpp server: end-to-end tokens/s (prefill included)", f"{completion / latency:.1f}"),
+        (
+            "llama.cpp server: batch of 4, concurrency 4 (the server decodes one at a time)",
+            f"{batch_tokens} / {batch_wall:.2f} s = {batch_tokens / batch_wall:.1f} tok/s",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -132,6 +201,7 @@ def main() -> None:
             f"{batch_tokens} / {batch_wall:.2f} s = {batch_tokens / batch_wall:.1f} tok/s",
         ),
     ]
+    rows += bench_llama_server(prompt, args.max_tokens, args.repeats, args.threads or os.cpu_count() or 1)
     header = (
         f"## Local generation backend: SmolLM2-135M-Instruct (fp32, CPU)\n\n"
         f"Machine: {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "

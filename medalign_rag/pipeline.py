@@ -17,6 +17,9 @@ from medalign_rag.retrieval import ALL_STRATEGIES, make_retriever
 from medalign_rag.tokenization import TokenCounter, default_counter
 
 
+SEAM_MARGIN_TOKENS = 4
+
+
 class Answer(BaseModel):
     patient_id: str
     question: str
@@ -74,6 +77,10 @@ class Pipeline:
             from medalign_rag.generation.prompt import load_prompt_template
 
             self.prompt_template = load_prompt_template()
+        if self.generator is not None:
+            # the backend's chat template wraps the prompt too; tokenizer seams can add a token or two
+            empty_prompt = self.prompt_template.render(question, "", time_anchor)
+            return self.generator.count_prompt_tokens(empty_prompt) + SEAM_MARGIN_TOKENS
         return self.prompt_template.overhead_tokens(self.counter, question, time_anchor)
 
     def context(

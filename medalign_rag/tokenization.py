@@ -53,7 +53,7 @@ class HuggingFaceCounter:
 
     def __init__(self, tokenizer, name: str | None = None) -> None:
         self._tokenizer = tokenizer
-        self.name = name or getattr(tokenizer, "name_or_path", "hf-tokenizer")
+        self.name: str = name or str(getattr(tokenizer, "name_or_path", None) or "hf-tokenizer")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs) -> "HuggingFaceCounter":

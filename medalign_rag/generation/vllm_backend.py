@@ -73,7 +73,19 @@ class VLLMGenerator(Generator):
         self._hf_tokenizer = self._llm.get_tokenizer()
         self.name = options.name or options.model
         self.tokenizer = HuggingFaceCounter(self._hf_tokenizer, name=self.name)
-        self.context_length = int(self._llm.llm_engine.model_config.max_model_len)
+        self.context_length = self._engine_context_length()
+
+    def _engine_context_length(self) -> int:
+        # The engine settles max_model_len (from the option or the model's config); where it keeps it has moved
+        # between vLLM versions.
+        for owner in (getattr(self._llm, "llm_engine", None), self._llm):
+            model_config = getattr(owner, "model_config", None)
+            value = getattr(model_config, "max_model_len", None)
+            if isinstance(value, int) and value > 0:
+                return value
+        if self.options.max_model_len is not None:
+            return self.options.max_model_len
+        raise MedalignError(f"vLLM did not report model {self.options.model!r}'s context length; set max_model_len")
 
     def _chat_text(self, prompt: str) -> str:
         return str(
