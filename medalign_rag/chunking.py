@@ -12,7 +12,7 @@ from medalign_rag.records.model import Encounter, Event, PatientRecord
 from medalign_rag.records.serialize import render_encounter, render_event, format_timestamp
 from medalign_rag.tokenization import TokenCounter, count_many
 
-DEFAULT_MAX_CHUNK_TOKENS = 1024
+DEFAULT_MAX_CHUNK_TOKENS = 256  # about one encoder window; finer chunks pack small budgets better
 
 
 class ChunkingSettings(BaseModel):

@@ -339,6 +339,10 @@ def convert_fhir(
 
 
 def main() -> None:
+    # Library progress bars and warnings would bury our own output; errors still show.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app()
     except MedalignError as exc:

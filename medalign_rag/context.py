@@ -108,21 +108,30 @@ def _visible(event: Event, time_anchor: datetime | None) -> bool:
     return time_anchor is None or event.timestamp <= time_anchor
 
 
+class _Packing(BaseModel):
+    selected: dict[int, list[int]]
+    added: list[int]
+    trimmed: list[str]
+    estimated_tokens: int
+    complete: bool  # everything eligible fitted: a bigger budget would add nothing
+
+
 def _pack(
     index: PatientIndex,
     costs: _EventCosts,
     chunk_order: Sequence[int],
-    available: int,
+    available: float,
     fixed: int,
     time_anchor: datetime | None,
     newest_first: bool,
-) -> tuple[dict[int, list[int]], list[int], list[str]]:
-    """Greedy packing by estimated cost. Returns the selection, the order chunks were added, trimmed chunk ids."""
+) -> _Packing:
+    """Greedy packing by estimated cost, in `chunk_order`; the first chunk that does not fit is trimmed."""
     used = fixed
     opened: set[str] = set()
     selected: dict[int, list[int]] = {}
     added: list[int] = []
     trimmed: list[str] = []
+    complete = True
     for position in chunk_order:
         chunk = index.chunks[position]
         event_positions = [i for i, ev in enumerate(chunk.events) if _visible(ev, time_anchor)]
@@ -150,8 +159,9 @@ def _pack(
         if len(take) < len(event_positions):
             if take:
                 trimmed.append(chunk.chunk_id)
+            complete = False
             break
-    return selected, added, trimmed
+    return _Packing(selected=selected, added=added, trimmed=trimmed, estimated_tokens=used, complete=complete)
 
 
 def assemble_context(
@@ -174,27 +184,46 @@ def assemble_context(
         )
     costs = _costs(index, counter)
     fixed = counter.count(render_context(index, {})[0]) + 1
-    if ranking is None:
-        order = sorted(range(len(index.chunks)), key=lambda p: -index.chunks[p].ordinal)
-        selected, added, trimmed = _pack(index, costs, order, available, fixed, time_anchor, newest_first=True)
-    else:
-        selected, added, trimmed = _pack(index, costs, ranking, available, fixed, time_anchor, newest_first=False)
+    newest_first = ranking is None
+    order = sorted(range(len(index.chunks)), key=lambda p: -index.chunks[p].ordinal) if ranking is None else ranking
 
-    text, citations, event_ids = render_context(index, selected)
-    tokens = counter.count(text)
-    # Estimates are conservative, so this loop rarely runs; when it does it drops the lowest-ranked events.
-    while tokens > available and added:
-        last = added[-1]
-        drop = 0 if ranking is None else -1  # `full` keeps the most recent part, so it drops the oldest event
-        selected[last].pop(drop)
-        if not selected[last]:
-            del selected[last]
-            added.pop()
-        text, citations, event_ids = render_context(index, selected)
+    # Per-line estimates are a few percent off the exact count of the joined text, in either direction. Pack by
+    # estimate, count exactly, rescale the estimated budget, and keep the fullest packing that fits.
+    tolerance = max(8, available // 100)
+    target = float(available)
+    best: tuple[_Packing, str, int] | None = None
+    for _ in range(5):
+        packing = _pack(index, costs, order, target, fixed, time_anchor, newest_first)
+        text = render_context(index, packing.selected)[0]
         tokens = counter.count(text)
-    if tokens > available:
-        raise MedalignError(f"budget {budget} is too small for even an empty record context ({tokens} tokens)")
-    chosen = [index.chunks[p] for p in sorted(selected, key=lambda p: index.chunks[p].ordinal)]
+        scale = packing.estimated_tokens / max(tokens, 1)
+        if tokens <= available:
+            if best is None or tokens > best[2]:
+                best = (packing, text, tokens)
+            if packing.complete or available - tokens <= tolerance:
+                break
+            target += (available - tokens) * scale * 0.98
+        else:
+            target -= (tokens - available) * scale * 1.02 + 1
+    if best is None:
+        # Still over after rescaling (pathological tokenization): drop the lowest-ranked events until it fits.
+        selected, added = packing.selected, list(packing.added)
+        while tokens > available and added:
+            last = added[-1]
+            selected[last].pop(0 if newest_first else -1)  # `full` keeps the most recent part
+            if not selected[last]:
+                del selected[last]
+                added.pop()
+            text = render_context(index, selected)[0]
+            tokens = counter.count(text)
+        if tokens > available:
+            raise MedalignError(f"budget {budget} is too small for even an empty record context ({tokens} tokens)")
+        packing.selected, packing.added = selected, added
+        best = (packing, text, tokens)
+
+    packing, text, tokens = best
+    _, citations, event_ids = render_context(index, packing.selected)
+    chosen = [index.chunks[p] for p in sorted(packing.selected, key=lambda p: index.chunks[p].ordinal)]
     return AssembledContext(
         strategy=strategy,
         budget=budget,
@@ -207,7 +236,7 @@ def assemble_context(
         chunk_ids=[c.chunk_id for c in chosen],
         event_ids=event_ids,
         citations=citations,
-        trimmed_chunk_ids=trimmed,
+        trimmed_chunk_ids=packing.trimmed,
     )
 
 
