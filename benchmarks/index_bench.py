@@ -373,6 +373,18 @@ def padding_efficiency(cohort: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ driver
 
 
+def combine_rounds(results: list[dict]) -> dict:
+    """One figure per pipeline: mean seconds over the rounds, the highest peak RSS, the rest from round 1."""
+    combined = dict(results[0])
+    combined["rounds_seconds"] = [r["seconds"] for r in results]
+    combined["rounds_load_1min_before"] = [r["load_1min_before"] for r in results]
+    combined["seconds"] = sum(r["seconds"] for r in results) / len(results)
+    if "chunk_seconds" in combined:
+        combined["chunk_seconds"] = sum(r["chunk_seconds"] for r in results) / len(results)
+    combined["peak_rss_mib"] = max(r["peak_rss_mib"] for r in results)
+    return combined
+
+
 def run_worker(kind: str, cohort: Path, target: Path, extra: list[str] | None = None) -> dict:
     result_path = target.with_suffix(".json")
     command = [sys.executable, __file__, "--worker", kind, "--cohort", str(cohort), "--target", str(target),
@@ -420,6 +432,12 @@ def render_section(args: argparse.Namespace, info: dict, ours: dict, llama: dict
         f"{llama_rate:.2f} | {pads['llama_index_real_tokens_truncated_at_256']:,} | {llama_tok:,.0f} | "
         f"{llama['peak_rss_mib']:.0f} ({llama['rss_after_model_mib']:.0f}) |",
         "",
+        f"Seconds are the mean over {len(ours['rounds_seconds'])} round(s) in alternating order: ours "
+        f"{', '.join(f'{x:.1f}' for x in ours['rounds_seconds'])} s; llama-index "
+        f"{', '.join(f'{x:.1f}' for x in llama['rounds_seconds'])} s (1-min load average before each: ours "
+        f"{', '.join(f'{x:.2f}' for x in ours['rounds_load_1min_before'])}; llama-index "
+        f"{', '.join(f'{x:.2f}' for x in llama['rounds_load_1min_before'])}).",
+        "",
         f"**Ratio ours / llama-index, chunks per second: {ours_rate / llama_rate:.2f}x** (target ≥ 2x"
         f"{': met' if ours_rate / llama_rate >= 2 else ': NOT met'}). Without llama-index's share of reading + "
         f"chunking ({llama['chunk_seconds']:.1f} s): {ours_rate / llama_rate_no_chunk:.2f}x. "
@@ -429,7 +447,7 @@ def render_section(args: argparse.Namespace, info: dict, ours: dict, llama: dict
         f"{llama['embed_batch_size']}); ours embeds all of each chunk as windows, "
         f"{pads['ours_real_tokens'] / pads['llama_index_real_tokens_truncated_at_256']:.2f}x as many encoder tokens.",
         "",
-        "Where our build's time went (wrapped functions, seconds, first build):",
+        "Where our build's time went (wrapped functions, seconds, round 1's first build):",
         "",
         "| phase | seconds | share |",
         "|---|---:|---:|",
@@ -446,7 +464,7 @@ def render_section(args: argparse.Namespace, info: dict, ours: dict, llama: dict
         f"cross-patient stream would pad to {pads['ours_padded_tokens_cross_patient']:,} "
         f"({100 * pads['ours_padded_tokens_cross_patient'] / pads['ours_real_tokens'] - 100:.1f}%).",
         "",
-        f"**Second `build` over the unchanged cohort** (same process, model loaded): {ours['second_run_seconds']:.2f} s"
+        f"**Second `build` over the unchanged cohort** (round 1; same process, model loaded): {ours['second_run_seconds']:.2f} s"
         f" = **{100 * ours['second_run_seconds'] / ours['seconds']:.2f}%** of the first (target < 5%), "
         f"{ours['second_run_skipped']}/{ours['patients']} skipped; a fresh IndexBuilder: "
         f"{ours['fresh_builder_second_run_seconds']:.2f} s."
@@ -481,6 +499,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing it")
     parser.add_argument("--prototype", action="store_true", help="also time candidate encode speed-ups")
     parser.add_argument("--prototype-windows", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds of both pipelines, order alternating (ours, llama / llama, ours)")
     parser.add_argument("--skip-cli", action="store_true", help="skip timing the CLI's second run")
     parser.add_argument("--from-json", type=Path, default=None,
                         help="re-render the section from a run's saved index-bench.json (no measuring)")
@@ -524,11 +544,22 @@ def main() -> None:
 
     print(f"[index-bench] {n_patients} patients in {cohort}; counting tokens", flush=True)
     pads = padding_efficiency(cohort)
-    print(f"[index-bench] {pads['chunks']} chunks, {pads['ours_windows']} windows; ours (subprocess)", flush=True)
-    ours = run_worker("ours", cohort, work / "ours-index")
-    print(f"[index-bench] ours: {ours['seconds']:.1f} s; llama-index (subprocess)", flush=True)
-    llama = run_worker("llama", cohort, work / "llama-index")
-    print(f"[index-bench] llama-index: {llama['seconds']:.1f} s", flush=True)
+    print(f"[index-bench] {pads['chunks']} chunks, {pads['ours_windows']} windows", flush=True)
+    # Rounds alternate the order (ours, llama / llama, ours / ...) so a load change on a shared machine
+    # falls on both pipelines alike; each pipeline's figure is its mean over the rounds.
+    runs: dict[str, list[dict]] = {"ours": [], "llama": []}
+    for round_number in range(args.rounds):
+        order = ("ours", "llama") if round_number % 2 == 0 else ("llama", "ours")
+        for kind in order:
+            target = work / ("ours-index" if kind == "ours" else "llama-index")
+            shutil.rmtree(target, ignore_errors=True)
+            load_before = os.getloadavg()[0]
+            print(f"[index-bench] round {round_number + 1}: {kind} (subprocess), load {load_before:.2f}", flush=True)
+            result = run_worker(kind, cohort, target)
+            result["load_1min_before"] = load_before
+            runs[kind].append(result)
+            print(f"[index-bench] round {round_number + 1}: {kind} {result['seconds']:.1f} s", flush=True)
+    ours, llama = combine_rounds(runs["ours"]), combine_rounds(runs["llama"])
     cli_seconds = None if args.skip_cli else cli_second_run_seconds(cohort, work / "ours-index")
     proto = None
     if args.prototype:

@@ -1,4 +1,4 @@
-"""Retrieval stage: rank a patient's chunks for an instruction (dense, bm25, hybrid, recency, oracle)."""
+"""Retrieval stage: rank a patient's chunks for an instruction (dense, bm25, hybrid, temporal, recency, oracle)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from medalign_rag.retrieval.base import PatientRetriever
 from medalign_rag.retrieval.dense import DenseRetriever
 from medalign_rag.retrieval.fused import HybridRetriever, OracleRetriever, RecencyRetriever
 from medalign_rag.retrieval.lexical import BM25Retriever
+from medalign_rag.retrieval.temporal import TemporalCues, TemporalRetriever, parse_temporal_cues
 
-RETRIEVAL_STRATEGIES = ("dense", "bm25", "hybrid", "recency", "oracle")
+RETRIEVAL_STRATEGIES = ("dense", "bm25", "hybrid", "temporal", "recency", "oracle")
+# strategies that embed the query: callers pass `embedder=` for these
+EMBEDDING_STRATEGIES = ("dense", "hybrid", "temporal")
 ALL_STRATEGIES = ("full", *RETRIEVAL_STRATEGIES)
 
 
@@ -27,7 +30,7 @@ def make_retriever(
     top_k: int = 10,
 ) -> PatientRetriever:
     common = {"top_k": top_k, "time_anchor": time_anchor}
-    if strategy in ("dense", "hybrid") and embedder is None:
+    if strategy in EMBEDDING_STRATEGIES and embedder is None:
         raise MedalignError(f"strategy {strategy!r} needs an embedding model")
     if strategy == "dense":
         return DenseRetriever(index, embedder, **common)
@@ -35,6 +38,8 @@ def make_retriever(
         return BM25Retriever(index, **common)
     if strategy == "hybrid":
         return HybridRetriever(index, [DenseRetriever(index, embedder), BM25Retriever(index)], **common)
+    if strategy == "temporal":
+        return TemporalRetriever(index, embedder, **common)
     if strategy == "recency":
         return RecencyRetriever(index, **common)
     if strategy == "oracle":
@@ -44,6 +49,7 @@ def make_retriever(
 
 __all__ = [
     "ALL_STRATEGIES",
+    "EMBEDDING_STRATEGIES",
     "RETRIEVAL_STRATEGIES",
     "BM25Retriever",
     "DenseRetriever",
@@ -51,5 +57,8 @@ __all__ = [
     "OracleRetriever",
     "PatientRetriever",
     "RecencyRetriever",
+    "TemporalCues",
+    "TemporalRetriever",
     "make_retriever",
+    "parse_temporal_cues",
 ]

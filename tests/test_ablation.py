@@ -1,0 +1,106 @@
+"""The ablation runner on a small synthetic cohort: outputs, resume after an interruption, honest goal line."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from medalign_rag.config import RunConfig, load_run_config
+from medalign_rag.errors import MedalignError
+from medalign_rag.evaluation.ablation import run_ablation
+from medalign_rag.evaluation.report import goal_statement
+from medalign_rag.index.builder import IndexSettings
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> RunConfig:
+    root = tmp_path_factory.mktemp("ablation")
+    return RunConfig(
+        name="t",
+        data=root / "cohort",
+        synth={"patients": 3, "seed": 11},
+        index=IndexSettings(index_dir=root / "idx"),
+        strategies=["full", "bm25", "recency", "oracle"],
+        budgets=[2048, 8192],
+        bootstrap_resamples=200,
+    )
+
+
+def read_results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_ablation_writes_every_output_and_resumes_without_redoing_work(config, tmp_path):
+    out = tmp_path / "run"
+    outcome = run_ablation(config, out)
+    results = read_results(out / "results.jsonl")
+    n_expected = outcome.n_instructions * 4 * 2
+    assert outcome.n_items == len(results) == n_expected
+    with open(out / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["strategy"], r["budget"]) for r in rows} == {(s, str(b)) for s in config.strategies for b in (2048, 8192)}
+    for column in ("strategy", "budget", "n", "evidence_coverage", "evidence_coverage_lo", "evidence_coverage_hi"):
+        assert column in rows[0]
+    for row in rows:
+        assert float(row["evidence_coverage_lo"]) <= float(row["evidence_coverage"]) <= float(row["evidence_coverage_hi"])
+    oracle = {r["budget"]: float(r["evidence_coverage"]) for r in rows if r["strategy"] == "oracle"}
+    full = {r["budget"]: float(r["evidence_coverage"]) for r in rows if r["strategy"] == "full"}
+    assert oracle["2048"] >= full["2048"], "the oracle is an upper bound"
+    assert all(r["context_tokens"] <= r["budget"] for r in results)
+    assert (out / "evidence_coverage.png").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "Goal:" in report and ("MET" in report)
+
+    # Interrupt: keep the first half and a torn line, as a kill mid-write would leave it.
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    kept = lines[: len(lines) // 2]
+    (out / "results.jsonl").write_text("".join(kept) + lines[len(lines) // 2][:40])
+    before = {json.loads(line)["key"]: line for line in kept}
+    resumed = run_ablation(config, out)
+    after = read_results(out / "results.jsonl")
+    assert resumed.n_items == n_expected and len(after) == n_expected
+    assert len({r["key"] for r in after}) == n_expected, "no item computed twice"
+    for line in (out / "results.jsonl").read_text().splitlines(keepends=True)[: len(kept)]:
+        assert json.loads(line)["key"] in before, "finished items are kept as they were"
+
+    # A changed budget list reuses the budgets already done.
+    config_more = config.model_copy(update={"budgets": [2048, 8192, 4096]})
+    again = run_ablation(config_more, out)
+    assert again.n_items == outcome.n_instructions * 4 * 3
+    assert len(read_results(out / "results.jsonl")) == again.n_items
+
+
+def test_goal_statement_is_honest():
+    def row(strategy, budget, mean, lo, hi):
+        return {"strategy": strategy, "budget": budget, "evidence_coverage": mean,
+                "evidence_coverage_lo": lo, "evidence_coverage_hi": hi}
+
+    rows = [row("full", 2048, 0.1, 0.05, 0.15), row("full", 32768, 0.8, 0.7, 0.9),
+            row("bm25", 2048, 0.6, 0.5, 0.7), row("oracle", 2048, 1.0, 1.0, 1.0)]
+    assert "NOT MET" in goal_statement(rows)
+    rows[2] = row("bm25", 2048, 0.85, 0.8, 0.9)
+    text = goal_statement(rows)
+    assert "**MET**" in text and "bm25" in text and "overlap" in text
+
+
+def test_config_errors_name_the_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: x\nbudgets: [2048, lots]\n")
+    with pytest.raises(MedalignError, match=r"bad\.yaml.*budgets"):
+        load_run_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(MedalignError, match=r"broken\.yaml:\d+"):
+        load_run_config(broken)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("data: x\nstrategy: [full]\n")
+    with pytest.raises(MedalignError, match="strategy"):
+        load_run_config(unknown)
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in root.glob("*.yaml"):
+        config = load_run_config(path)
+        assert config.budgets and config.strategies
