@@ -66,6 +66,28 @@ def event_search_text(event: Event) -> str:
     return " ".join(parts)
 
 
+_KIND_LABELS = {"condition": "diagnosis", "drug": "medication", "procedure": "procedure"}
+
+
+def event_brief(event: Event) -> str:
+    """What an event says, without its code and timestamp: the encoder's tokens go to content."""
+    label = _KIND_LABELS.get(event.kind.value)
+    parts = [label] if label else []
+    parts.extend(p for p in (event.name, event.value, event.unit) if p)
+    text = " ".join(parts)
+    if event.text:
+        text = f"{text}: {event.text}" if text else event.text
+    return text
+
+
+def chunk_embedding_lines(chunk: Chunk) -> list[str]:
+    """One line per entry (events sharing a timestamp): the time once, then each event's brief."""
+    return [
+        f"{format_timestamp(stamp)[:16]} " + "; ".join(event_brief(ev) for ev in group)
+        for stamp, group in groupby(chunk.events, key=lambda ev: ev.timestamp)
+    ]
+
+
 def chunk_header_text(chunk: Chunk) -> str:
     end = format_timestamp(chunk.encounter_end)[:10] if chunk.encounter_end else ""
     return f"{chunk.encounter_type} {format_timestamp(chunk.encounter_start)[:10]} to {end}".strip()

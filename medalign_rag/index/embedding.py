@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medalign_rag.chunking import Chunk, chunk_header_text, event_search_text
+from medalign_rag.chunking import Chunk, chunk_embedding_lines, chunk_header_text
 from medalign_rag.errors import MedalignError
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -82,9 +82,9 @@ class Embedder:
         return int(getter())
 
     def chunk_windows(self, chunk: Chunk) -> list[str]:
-        """Pack whole event lines into windows; a line longer than a window is cut into overlapping token spans."""
+        """Pack whole entry lines into windows; a line longer than a window is cut into overlapping token spans."""
         header = chunk_header_text(chunk)
-        lines = [event_search_text(ev) for ev in chunk.events] or [""]
+        lines = chunk_embedding_lines(chunk) or [""]
         header_len = len(self.tokenizer.tokenize(header))
         room = max(32, self.window_tokens - header_len)
         encoded = self.tokenizer(lines, add_special_tokens=False, return_offsets_mapping=True)

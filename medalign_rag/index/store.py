@@ -28,7 +28,7 @@ from medalign_rag.chunking import Chunk, ChunkingSettings
 from medalign_rag.errors import MedalignError
 from medalign_rag.records.model import check_patient_id
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: windows embed entry-grouped event briefs
 MANIFEST = "manifest.json"
 VECTORS = "vectors.faiss"
 WINDOWS = "windows.npy"
