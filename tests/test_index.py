@@ -11,7 +11,7 @@ import pytest
 from medalign_rag.chunking import chunk_record
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.builder import IndexBuilder, IndexSettings
-from medalign_rag.index.store import CHUNKS, MANIFEST, VECTORS, load_index, patient_dir
+from medalign_rag.index.store import CHUNKS, MANIFEST, load_index, patient_dir
 from medalign_rag.records.dataset import open_data_folder
 from medalign_rag.records.serialize import write_release_xml
 from medalign_rag.retrieval import make_retriever

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from medalign_rag.errors import MedalignError
+from medalign_rag.index.embedding import packaged_model_path
 from medalign_rag.evaluation.metrics import (
     EmbeddingSimilarity,
     bootstrap_interval,
     evidence_coverage,
     load_default_embedding_model,
-    packaged_model_path,
     retrieval_scores,
     rouge_l,
 )

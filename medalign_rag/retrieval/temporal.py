@@ -127,6 +127,14 @@ _VISIT_ORDINAL = [
 ]
 _VISIT_KIND = re.compile(r"\b" + _KIND_WORDS + r"\s+" + _VISIT_NOUN + r"\b|\b(?P<adm>admission|hospitali[sz]ation)\b")
 
+# Words of the asking, not of the answer: they match notes ("patient", "measured") rather than the facts asked
+# about, so they are dropped from the content query that decides which chunks direction may reorder.
+_QUESTION_WORDS = re.compile(
+    r"\b(?:what|when|which|who|how|why|was|were|is|are|did|does|has|have|had|tell|show|give|provide|inform|list|"
+    r"calculate|compute|count|please|could|can|you|me|the|a|an|of|for|to|in|on|at|by|via|and|or|it|its|their|"
+    r"patient(?:'s|s)?|recorded|documented|measured|value|values|result|results|level|levels|"
+    r"time|times|date|reading|name|record|get|got|given|patient \d+|\d{6,})\b|[?.,;:!]")
+
 _RECENT = re.compile(r"\b(?:most recent(?:ly)?|latest|last|current(?:ly)?|newest|recent(?:ly)?)\b")
 _FIRST = re.compile(r"\b(?:first|earliest|initial(?:ly)?|oldest)\b")
 
@@ -304,7 +312,7 @@ def parse_temporal_cues(question: str, time_anchor: datetime | None) -> Temporal
             direction = "first"
             text.consume(first.start(), first.end())
 
-    content = re.sub(r"\s+", " ", text.text).strip()
+    content = re.sub(r"\s+", " ", _QUESTION_WORDS.sub(" ", text.text)).strip()
     return TemporalCues(windows=tuple(windows), visits=tuple(visits), direction=direction, visit_kind=visit_kind,
                         content_query=content, matched=tuple(text.matched))
 
