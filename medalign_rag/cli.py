@@ -176,7 +176,7 @@ def ask(
     instruction: str = typer.Argument(..., help="The clinician's instruction or question."),
     data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml)."),
     patient: str = typer.Option(..., "--patient", help="Patient id (file stem under ehrs/)."),
-    strategy: str = typer.Option("hybrid", "--strategy", help="full, dense, bm25, hybrid, recency."),
+    strategy: str = typer.Option("temporal", "--strategy", help="full, recency, bm25, dense, hybrid, temporal."),
     budget: int = typer.Option(8192, "--budget", min=1, help="Prompt token budget (model tokens)."),
     backend: str = typer.Option("local", "--backend", help="local, openai, vllm, or none (context only)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML run config for backend options."),

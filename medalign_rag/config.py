@@ -29,7 +29,7 @@ class RunConfig(BaseModel):
     data: Path
     synth: SynthSettings | None = None
     index: IndexSettings = Field(default_factory=IndexSettings)
-    strategies: list[str] = Field(default_factory=lambda: ["full", "bm25", "dense", "hybrid", "recency", "oracle"])
+    strategies: list[str] = Field(default_factory=lambda: ["full", "recency", "bm25", "dense", "hybrid", "temporal", "oracle"])
     budgets: list[int] = Field(default_factory=lambda: list(DEFAULT_BUDGETS))
     backend: str = "none"
     backend_options: dict[str, Any] = Field(default_factory=dict)

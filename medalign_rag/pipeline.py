@@ -13,7 +13,7 @@ from medalign_rag.errors import MedalignError
 from medalign_rag.index.builder import IndexBuilder, IndexSettings
 from medalign_rag.index.store import PatientIndex, load_index
 from medalign_rag.records.dataset import DataFolder
-from medalign_rag.retrieval import ALL_STRATEGIES, make_retriever
+from medalign_rag.retrieval import ALL_STRATEGIES, EMBEDDING_STRATEGIES, make_retriever
 from medalign_rag.tokenization import TokenCounter, default_counter
 
 
@@ -83,6 +83,23 @@ class Pipeline:
             return self.generator.count_prompt_tokens(empty_prompt) + SEAM_MARGIN_TOKENS
         return self.prompt_template.overhead_tokens(self.counter, question, time_anchor)
 
+    def ranking(
+        self,
+        index: PatientIndex,
+        question: str,
+        strategy: str,
+        *,
+        time_anchor: datetime | None = None,
+        gold_event_ids: Iterable[str] = (),
+    ) -> list[int] | None:
+        """Chunk positions best first; None for `full`, which is not a ranking but a cut of the record."""
+        if strategy == "full":
+            return None
+        embedder = self.builder.embedder if strategy in EMBEDDING_STRATEGIES else None
+        retriever = make_retriever(strategy, index, embedder=embedder, gold_event_ids=gold_event_ids,
+                                   time_anchor=time_anchor)
+        return [position for position, _ in retriever.rank(question)]
+
     def context(
         self,
         patient_id: str,
@@ -96,12 +113,7 @@ class Pipeline:
         if strategy not in ALL_STRATEGIES:
             raise MedalignError(f"unknown strategy {strategy!r}; choose from {', '.join(ALL_STRATEGIES)}")
         index = self.patient_index(patient_id)
-        ranking = None
-        if strategy != "full":
-            embedder = self.builder.embedder if strategy in ("dense", "hybrid") else None
-            retriever = make_retriever(strategy, index, embedder=embedder, gold_event_ids=gold_event_ids,
-                                       time_anchor=time_anchor)
-            ranking = [position for position, _ in retriever.rank(question)]
+        ranking = self.ranking(index, question, strategy, time_anchor=time_anchor, gold_event_ids=gold_event_ids)
         return assemble_context(
             index,
             strategy=strategy,

@@ -93,7 +93,7 @@ def test_index_then_ask_every_strategy_stays_within_budget(cohort, tmp_path):
     from medalign_rag.cli import app
 
     runner = CliRunner()
-    for strategy in ("full", "recency", "bm25", "dense", "hybrid", "oracle"):
+    for strategy in ("full", "recency", "bm25", "dense", "hybrid", "temporal", "oracle"):
         for budget in (2048, 32768):
             result = runner.invoke(app, ["ask", "--data", str(cohort), "--index-dir", str(index_dir), "--patient",
                                          "synth-0001", "What was the most recent hemoglobin A1c?", "--strategy",

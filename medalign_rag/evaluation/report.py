@@ -12,7 +12,7 @@ from medalign_rag.atomic import atomic_path, atomic_write_text
 from medalign_rag.evaluation.metrics import bootstrap_interval
 from medalign_rag.evaluation.runner import ItemResult
 
-STRATEGY_ORDER = ["full", "recency", "bm25", "dense", "hybrid", "oracle"]
+STRATEGY_ORDER = ["full", "recency", "bm25", "dense", "hybrid", "temporal", "oracle"]
 
 
 def _mean_ci(values: Sequence[float], resamples: int, seed: int) -> tuple[float | None, float | None, float | None]:

@@ -23,7 +23,7 @@ from medalign_rag.context import assemble_context
 from medalign_rag.errors import MedalignError
 from medalign_rag.records.dataset import DataFolder
 from medalign_rag.records.model import Instruction
-from medalign_rag.retrieval import ALL_STRATEGIES, make_retriever
+from medalign_rag.retrieval import ALL_STRATEGIES
 
 RESULTS_FILE = "results.jsonl"
 
@@ -219,11 +219,10 @@ class AblationRunner:
                             if index is None:
                                 index = self.pipeline.patient_index(patient_id)
                             started = time.perf_counter()
-                            if strategy != "full" and not ranked:
-                                embedder = self.pipeline.builder.embedder if strategy in ("dense", "hybrid") else None
-                                retriever = make_retriever(strategy, index, embedder=embedder, gold_event_ids=gold,
-                                                           time_anchor=instruction.time_anchor)
-                                ranking_cache = [p for p, _ in retriever.rank(instruction.question)]
+                            if not ranked:
+                                ranking_cache = self.pipeline.ranking(index, instruction.question, strategy,
+                                                                      time_anchor=instruction.time_anchor,
+                                                                      gold_event_ids=gold)
                                 ranked = True
                             assembled = assemble_context(
                                 index,

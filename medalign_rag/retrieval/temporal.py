@@ -80,8 +80,9 @@ class TemporalCues:
 
 # -- the rule set -----------------------------------------------------------------------------------------------
 
-_MONTHS = {name: i + 1 for i, name in enumerate(
-    "january february march april may june july august september october november december".split())}
+_MONTH_NAMES = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+                "november", "december"]
+_MONTHS = {name: i + 1 for i, name in enumerate(_MONTH_NAMES)}
 _MONTHS.update({name[:3]: number for name, number in list(_MONTHS.items())})
 _MONTHS["sept"] = 9
 _MONTH_NAME = r"(?P<mname>" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
@@ -113,6 +114,7 @@ _DAY_WORD = re.compile(r"\b(?P<word>today|yesterday)\b")
 _BEFORE = re.compile(r"\b(?:before|prior to|until|up to|by)\s+(?:the\s+)?$")
 _AFTER = re.compile(r"\b(?:since|after|from|starting(?: on| in| from)?|beginning(?: on| in)?)\s+(?:the\s+)?$")
 _RANGE_LINK = re.compile(r"^\s*(?:and|to|through|until|-)\s+(?:the\s+)?$")
+_LINK_WORD = re.compile(r"(?:between|from|since|after|before|prior to|until|on|in|at|during|of)\s+(?:the\s+)?$")
 _BETWEEN = re.compile(r"\b(?:between|from)\s+(?:the\s+)?$")
 
 _ORDINAL_WORDS = r"(?P<ordinal>first|last|latest|most recent|current|initial|earliest|previous|prior)"
@@ -261,7 +263,7 @@ def parse_temporal_cues(question: str, time_anchor: datetime | None) -> Temporal
             finish = LATEST
         elif _BEFORE.search(before):
             begin, finish = EARLIEST, begin
-        link = re.search(r"(?:between|from|since|after|before|prior to|until|on|in|at|during|of)\s+(?:the\s+)?$", before)
+        link = _LINK_WORD.search(before)
         if link:
             phrase_start = start - (len(before) - link.start())
         windows.append(DateWindow(begin, finish, original[phrase_start:end].strip()))
@@ -320,11 +322,12 @@ def parse_temporal_cues(question: str, time_anchor: datetime | None) -> Temporal
 # -- per-index arrays -------------------------------------------------------------------------------------------
 
 _KIND_PATTERNS: dict[str, re.Pattern[str]] = {
-    "hospital": re.compile(r"inpatient|hospital|admission|hadm", re.I),
-    "icu": re.compile(r"\bicu\b|intensive", re.I),
-    "emergency": re.compile(r"emerg|\bed\b|\ber\b", re.I),
-    "office": re.compile(r"office|outpatient|clinic|ambulatory", re.I),
+    "hospital": re.compile(r"inpatient|hospital|admission|hadm", re.IGNORECASE),
+    "icu": re.compile(r"\bicu\b|intensive", re.IGNORECASE),
+    "emergency": re.compile(r"emerg|\bed\b|\ber\b", re.IGNORECASE),
+    "office": re.compile(r"office|outpatient|clinic|ambulatory", re.IGNORECASE),
 }
+_NOT_A_STAY = re.compile(r"discharge|\bout\b|transfer", re.IGNORECASE)  # "ICU discharge" closes a stay, it is not one
 _UNTIL = re.compile(r"until (\d{4}-\d\d-\d\d \d\d:\d\d(?::\d\d)?)")
 
 
@@ -357,8 +360,9 @@ def time_arrays(index: PatientIndex) -> TimeArrays:
                                                         chunk.encounter_type))
         # MIMIC-style ICU stays live inside the hospital encounter as visit events ("ICU stay ... until <end>")
         for event in chunk.events:
-            if event.kind == EventKind.visit and event.name and _KIND_PATTERNS["icu"].search(event.name):
-                until = _UNTIL.search(event.text or "")
+            if (event.kind == EventKind.visit and event.name and _KIND_PATTERNS["icu"].search(event.name)
+                    and not _NOT_A_STAY.search(event.name)):
+                until = _UNTIL.search(f"{event.value or ''} {event.text or ''}")
                 stay_end = datetime.fromisoformat(until.group(1)) if until else end
                 icu_stays.append((event.timestamp, max(stay_end, event.timestamp)))
     visits: dict[str, list[tuple[datetime, datetime]]] = {kind: [] for kind in (*_KIND_PATTERNS, "any")}
@@ -394,7 +398,7 @@ class TemporalRetriever(PatientRetriever):
     strategy = "temporal"
 
     def __init__(self, index: PatientIndex, embedder: Embedder, *, top_k: int = 10,
-                 time_anchor: datetime | None = None, k: int = RRF_K, direction_weight: float = 1.0) -> None:
+                 time_anchor: datetime | None = None, k: int = RRF_K, direction_weight: float = 3.0) -> None:
         super().__init__(index, top_k=top_k, time_anchor=time_anchor)
         self.dense = DenseRetriever(index, embedder)
         self.bm25 = BM25Retriever(index)
