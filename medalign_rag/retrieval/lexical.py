@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 import bm25s
@@ -10,6 +11,10 @@ import numpy as np
 from medalign_rag.chunking import Chunk, chunk_header_text, event_search_text
 from medalign_rag.index.store import PatientIndex
 from medalign_rag.retrieval.base import PatientRetriever
+
+# bm25s logs every index build at DEBUG; a library that configures root logging would print them all.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
+
 
 def chunk_search_text(chunk: Chunk) -> str:
     return "\n".join([chunk_header_text(chunk), *(event_search_text(ev) for ev in chunk.events)])
