@@ -168,8 +168,10 @@ def plot_metric(rows: list[dict], metric: str, path: Path, ylabel: str) -> bool:
         points = sorted(series[strategy])
         xs = [p[0] for p in points]
         ys = [p[1] for p in points]
-        style = "--" if strategy in ("full", "oracle") else "-"
-        line, = ax.plot(xs, ys, style, marker="o", label=strategy)
+        baseline = strategy in ("full", "oracle")
+        # baselines drawn dashed and on top, so `recency` (often identical to `full`) cannot hide them
+        line, = ax.plot(xs, ys, "--" if baseline else "-", marker="o", label=strategy,
+                        linewidth=2.2 if baseline else 1.6, zorder=3 if baseline else 2)
         if all(p[2] is not None for p in points):
             ax.fill_between(xs, [p[2] for p in points], [p[3] for p in points], color=line.get_color(), alpha=0.15)
     ax.set_xscale("log", base=2)
