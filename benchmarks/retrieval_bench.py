@@ -301,8 +301,9 @@ def main() -> None:
     one32 = stat(("ours, 1 torch thread", "hybrid", 32768))[0]
     lines += [
         "",
-        "`renders` = mean renders of the context XML per call, each followed by an exact tiktoken count of it "
-        "(1 of them is the empty frame; more than 2 means the packing estimate overshot and the trim loop ran).",
+        "`renders` = mean renders of the context XML per call: 1 empty frame (counted), 1 final render for the "
+        "citations (not counted), the rest packing attempts, each re-rendering the whole selection and counting "
+        "it exactly with tiktoken.",
         "",
         f"**Hybrid at 32k: median {hybrid32:.1f} ms** (target < 50 ms: {'met' if hybrid32 < 50 else 'NOT met'}; "
         f"with 1 torch thread {one32:.1f} ms). "

@@ -16,11 +16,10 @@ from typing import Sequence
 from pydantic import BaseModel
 from xml.sax.saxutils import quoteattr
 
-from medalign_rag.chunking import Chunk
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.store import PatientIndex
 from medalign_rag.records.model import Event
-from medalign_rag.records.serialize import format_timestamp, render_encounter, render_event
+from medalign_rag.records.serialize import format_timestamp, render_encounter, render_encounter_open, render_event
 from medalign_rag.tokenization import TokenCounter, count_many
 
 DEFAULT_ANSWER_RESERVE = 256  # MedAlign reserves 256 tokens for the answer
@@ -54,6 +53,7 @@ class _EventCosts:
 
     event_cost: list[list[int]]  # [chunk position][event position]
     entry_cost: int
+    empty_context: int
     encounter_cost: dict[str, int] = field(default_factory=dict)
 
 
@@ -62,15 +62,16 @@ def _costs(index: PatientIndex, counter: TokenCounter) -> _EventCosts:
     cached = per_index.get(counter.name)
     if cached is not None:
         return cached
-    flat_lines = [render_event(ev, include_ids=False) for chunk in index.chunks for ev in chunk.events]
-    # +3: the line's indentation and newline, rounded up so estimates err on the safe side.
-    flat_costs = [c + 3 for c in count_many(counter, flat_lines)]
+    flat_lines = [line for lines in _render_cache(index).event_lines for line in lines]
+    # +1: the newline; cached lines already carry their indentation.
+    flat_costs = [c + 1 for c in count_many(counter, flat_lines)]
     event_cost, at = [], 0
     for chunk in index.chunks:
         event_cost.append(flat_costs[at : at + len(chunk.events)])
         at += len(chunk.events)
     entry_cost = counter.count('    <entry timestamp="2000-01-01 00:00:00">\n    </entry>\n') + 2
-    costs = _EventCosts(event_cost=event_cost, entry_cost=entry_cost)
+    empty_context = counter.count(_render_text(index, [])) + 1
+    costs = _EventCosts(event_cost=event_cost, entry_cost=entry_cost, empty_context=empty_context)
     for chunk in index.chunks:
         if chunk.encounter_id not in costs.encounter_cost:
             costs.encounter_cost[chunk.encounter_id] = counter.count(
@@ -80,28 +81,76 @@ def _costs(index: PatientIndex, counter: TokenCounter) -> _EventCosts:
     return costs
 
 
+@dataclass
+class _RenderCache:
+    """Each event's XML line and each encounter's opening tag, rendered once per loaded index."""
+
+    event_lines: list[list[str]]
+    encounter_open: dict[str, str]
+    entry_open: dict[datetime, str] = field(default_factory=dict)
+
+
+def _render_cache(index: PatientIndex) -> _RenderCache:
+    cache = index.caches.get("render")
+    if cache is None:
+        cache = _RenderCache(
+            event_lines=[["      " + render_event(ev, include_ids=False) for ev in c.events] for c in index.chunks],
+            encounter_open={c.encounter_id: render_encounter_open(c.encounter(), include_ids=False)
+                            for c in index.chunks},
+        )
+        index.caches["render"] = cache
+    return cache
+
+
+def _chronological(index: PatientIndex, selected: dict[int, list[int]]) -> list[tuple[int, int, int]]:
+    """(record ordinal, chunk position, event position) of the chosen events, in record order."""
+    items = [(index.chunks[p].ordinal + i, p, i) for p, positions in selected.items() for i in positions]
+    items.sort()
+    return items
+
+
+def _render_text(index: PatientIndex, items: list[tuple[int, int, int]]) -> str:
+    """Same text as `render_encounter` per encounter, joined from cached lines (this runs several times per
+    instruction, so it must not re-escape the record each time)."""
+    cache = _render_cache(index)
+    lines = [f"<eventstream person_id={quoteattr(index.patient_id)}>"]
+    for encounter_id, group in groupby(items, key=lambda item: index.chunks[item[1]].encounter_id):
+        lines.append(cache.encounter_open[encounter_id])
+        lines.append("  <events>")
+        last_stamp = None
+        for _, position, i in group:
+            stamp = index.chunks[position].events[i].timestamp
+            if stamp != last_stamp:
+                if last_stamp is not None:
+                    lines.append("    </entry>")
+                entry = cache.entry_open.get(stamp)
+                if entry is None:
+                    entry = cache.entry_open[stamp] = f"    <entry timestamp={quoteattr(format_timestamp(stamp))}>"
+                lines.append(entry)
+                last_stamp = stamp
+            lines.append(cache.event_lines[position][i])
+        if last_stamp is not None:
+            lines.append("    </entry>")
+        lines.append("  </events>")
+        lines.append("</encounter>")
+    lines.append("</eventstream>")
+    return "\n".join(lines) + "\n"
+
+
+def _citations(index: PatientIndex, items: list[tuple[int, int, int]]) -> tuple[list[Citation], list[str]]:
+    citations: list[Citation] = []
+    for encounter_id, group in groupby(items, key=lambda item: index.chunks[item[1]].encounter_id):
+        chunk = index.chunks[next(group)[1]]
+        citations.append(Citation(encounter_id=chunk.encounter_id, encounter_type=chunk.encounter_type,
+                                  start=chunk.encounter_start, end=chunk.encounter_end))
+    event_ids = [index.chunks[p].events[i].event_id for _, p, i in items]
+    return citations, event_ids
+
+
 def render_context(index: PatientIndex, selected: dict[int, list[int]]) -> tuple[str, list[Citation], list[str]]:
     """Render chosen events ({chunk position: event positions}) chronologically, one `<encounter>` per encounter."""
-    items: list[tuple[int, Chunk, Event]] = []
-    for position, event_positions in selected.items():
-        chunk = index.chunks[position]
-        items.extend((chunk.ordinal + i, chunk, chunk.events[i]) for i in event_positions)
-    items.sort(key=lambda item: item[0])
-    lines = [f"<eventstream person_id={quoteattr(index.patient_id)}>"]
-    citations: list[Citation] = []
-    event_ids: list[str] = []
-    for _, group in groupby(items, key=lambda item: item[1].encounter_id):
-        group = list(group)
-        chunk = group[0][1]
-        events = [event for _, _, event in group]
-        lines.append(render_encounter(chunk.encounter(), events, include_ids=False))
-        citations.append(
-            Citation(encounter_id=chunk.encounter_id, encounter_type=chunk.encounter_type,
-                     start=chunk.encounter_start, end=chunk.encounter_end)
-        )
-        event_ids.extend(event.event_id for event in events)
-    lines.append("</eventstream>")
-    return "\n".join(lines) + "\n", citations, event_ids
+    items = _chronological(index, selected)
+    return (_render_text(index, items), *_citations(index, items))
 
 
 def _visible(event: Event, time_anchor: datetime | None) -> bool:
@@ -183,18 +232,18 @@ def assemble_context(
             f"and the answer reserve ({reserve_tokens})"
         )
     costs = _costs(index, counter)
-    fixed = counter.count(render_context(index, {})[0]) + 1
+    fixed = costs.empty_context
     newest_first = ranking is None
     order = sorted(range(len(index.chunks)), key=lambda p: -index.chunks[p].ordinal) if ranking is None else ranking
 
     # Per-line estimates are a few percent off the exact count of the joined text, in either direction. Pack by
     # estimate, count exactly, rescale the estimated budget, and keep the fullest packing that fits.
     tolerance = max(8, available // 100)
-    target = float(available)
+    target = available * 0.99  # estimates run a little high or low; starting just under usually fits first time
     best: tuple[_Packing, str, int] | None = None
     for _ in range(5):
         packing = _pack(index, costs, order, target, fixed, time_anchor, newest_first)
-        text = render_context(index, packing.selected)[0]
+        text = _render_text(index, _chronological(index, packing.selected))
         tokens = counter.count(text)
         scale = packing.estimated_tokens / max(tokens, 1)
         if tokens <= available:
@@ -214,7 +263,7 @@ def assemble_context(
             if not selected[last]:
                 del selected[last]
                 added.pop()
-            text = render_context(index, selected)[0]
+            text = _render_text(index, _chronological(index, selected))
             tokens = counter.count(text)
         if tokens > available:
             raise MedalignError(f"budget {budget} is too small for even an empty record context ({tokens} tokens)")
@@ -222,7 +271,7 @@ def assemble_context(
         best = (packing, text, tokens)
 
     packing, text, tokens = best
-    _, citations, event_ids = render_context(index, packing.selected)
+    citations, event_ids = _citations(index, _chronological(index, packing.selected))
     chosen = [index.chunks[p] for p in sorted(packing.selected, key=lambda p: index.chunks[p].ordinal)]
     return AssembledContext(
         strategy=strategy,

@@ -131,7 +131,16 @@ class Embedder:
         # dense and hybrid ask for the same query back to back; one small cache saves the second encode
         cached = self._query_cache.get(text)
         if cached is None:
-            cached = self.embed_texts([text])[0]
+            import torch
+
+            # One short query gains nothing from a second thread, and on a busy machine two threads stall
+            # (benchmarks/RESULTS.md: 23 ms on one thread against ~500 ms on two under load).
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                cached = self.embed_texts([text])[0]
+            finally:
+                torch.set_num_threads(threads)
             if len(self._query_cache) >= 64:
                 self._query_cache.pop(next(iter(self._query_cache)))
             self._query_cache[text] = cached
