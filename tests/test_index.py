@@ -82,12 +82,12 @@ def test_a_corrupted_index_is_detected_and_rebuilt(tmp_path, builder):
     load_index(builder.settings.index_dir, "pt-00")
 
 
-def test_a_changed_embedding_model_setting_triggers_a_rebuild(tmp_path, builder):
+def test_changed_chunking_settings_trigger_a_rebuild(tmp_path, builder):
     write_cohort(tmp_path, 1, seed=50)
     data = open_data_folder(tmp_path)
     builder.build(data)
     other = IndexBuilder(IndexSettings(index_dir=builder.settings.index_dir,
-                                       chunking={"max_tokens": 256}))
+                                       chunking={"max_tokens": 128}))
     assert not other.is_current(data, "pt-00")
     assert other.build(data).results[0].status == "rebuilt"
 
