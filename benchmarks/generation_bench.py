@@ -5,7 +5,7 @@
 "Cold" converts the GGUF into a fresh temporary cache (what the first run on a machine pays); "cached" loads the
 converted copy (every later run). Speed: one ~1k-token MedAlign-shaped prompt, greedy, `--max-tokens` new tokens
 (the model may stop earlier at its end-of-turn token; the table shows what it produced), then a batch of 4.
-Writes a markdown table to benchmarks/generation_results.md.
+Writes its section of benchmarks/RESULTS.md (other sections are left as they are).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None, help="torch threads while generating (default: torch's)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "generation_results.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
@@ -212,7 +212,10 @@ def main() -> None:
     table = "| measure | value |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows) + "\n"
     text = header + table
     print(text)
-    atomic_write_text(args.out, text)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from index_bench import replace_section
+
+    replace_section(args.out, "Local generation backend: SmolLM2-135M-Instruct (fp32, CPU)", text)
     print(f"written to {args.out}")
 
 
