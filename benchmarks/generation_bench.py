@@ -28,7 +28,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medalign_rag.atomic import atomic_write_text
 from medalign_rag.generation import create_generator, load_prompt_template
 
 QUESTION = "Summarize the patient's diabetes management over the last year, with the dates of the encounters used."
