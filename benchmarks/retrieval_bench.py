@@ -219,13 +219,13 @@ def main() -> None:
     import medalign_rag.context as context_module
 
     renders = {"n": 0}
-    original_render = context_module.render_context
+    original_render = context_module._render_text
 
     def counting_render(*args, **kwargs):
         renders["n"] += 1
         return original_render(*args, **kwargs)
 
-    context_module.render_context = counting_render
+    context_module._render_text = counting_render
     render_counts: dict[tuple, list[int]] = defaultdict(list)
 
     def call(run: Callable, instruction, key: tuple | None = None) -> float:
@@ -301,9 +301,9 @@ def main() -> None:
     one32 = stat(("ours, 1 torch thread", "hybrid", 32768))[0]
     lines += [
         "",
-        "`renders` = mean renders of the context XML per call: 1 empty frame (counted), 1 final render for the "
-        "citations (not counted), the rest packing attempts, each re-rendering the whole selection and counting "
-        "it exactly with tiktoken.",
+        "`renders` = mean renders of the context XML per call (packing attempts, each joining the cached event "
+        "lines of the whole selection and counting it exactly with tiktoken; the empty frame is counted once per "
+        "loaded index and tokenizer).",
         "",
         f"**Hybrid at 32k: median {hybrid32:.1f} ms** (target < 50 ms: {'met' if hybrid32 < 50 else 'NOT met'}; "
         f"with 1 torch thread {one32:.1f} ms). "
