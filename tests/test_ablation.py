@@ -104,3 +104,24 @@ def test_shipped_configs_load():
     for path in root.glob("*.yaml"):
         config = load_run_config(path)
         assert config.budgets and config.strategies
+
+
+def test_bench_reports_agreement_with_clinician_ranks(tmp_path):
+    from medalign_rag.evaluation.ablation import _clinician_agreement
+    from medalign_rag.records.dataset import open_data_folder
+    from medalign_rag.records.serialize import write_release_xml
+    from tests.factories import make_record
+
+    write_release_xml(make_record(1, patient_id="p1"), tmp_path / "ehrs" / "p1.xml")
+    rows = ["instruction_id\tquestion\tperson_id\tfilename\tmodel_name\tmodel_response\tbinary_correct\tmodel_rank"
+            "\tclinician_response"]
+    answers = [("gpt", "Creatinine was 1.4 mg/dL on 2019-03-04.", 1), ("small", "Creatinine 1.4.", 2),
+               ("bad", "No allergies are recorded.", 3)]
+    for k in range(3):
+        for name, text, rank in answers:
+            rows.append(f"i{k}\tcreatinine?\tp1\tp1.xml\t{name}\t{text}\t1\t{rank}\tCreatinine was 1.4 mg/dL on 2019-03-04.")
+    (tmp_path / "clinician-reviewed-model-responses.tsv").write_text("\n".join(rows) + "\n")
+    config = RunConfig(data=tmp_path, bootstrap_resamples=100)
+    notes = _clinician_agreement(open_data_folder(tmp_path), config)
+    assert len(notes) == 2
+    assert all("Kendall's tau 1.000" in note and "3 instructions" in note for note in notes)

@@ -96,3 +96,24 @@ def test_missing_score_and_duplicates_are_errors():
 def test_nothing_to_score_is_an_error():
     with pytest.raises(MedalignError, match="no instruction"):
         kendall_agreement(_responses("i1", {"a": 1}), _scores("i1", {"a": 1.0}))
+
+
+def test_metric_agreement_follows_the_clinicians_when_the_metric_does():
+    from medalign_rag.evaluation.agreement import metric_agreement
+
+    reference = "The most recent hemoglobin A1c was 8.8% on 2022-12-12."
+    answers = {
+        "good": "The most recent hemoglobin A1c was 8.8% on 2022-12-12.",
+        "close": "Hemoglobin A1c was 8.8 percent.",
+        "bad": "The patient has no known allergies.",
+    }
+    responses = [
+        ModelResponse(instruction_id=f"i{k}", patient_id="p", question="q", model_name=name, response=text,
+                      rank=rank)
+        for k in range(3)
+        for rank, (name, text) in enumerate(answers.items(), start=1)
+    ]
+    results = metric_agreement(responses, {f"i{k}": [reference] for k in range(3)}, n_resamples=100)
+    for result in results.values():
+        assert result.n_instructions == 3
+        assert result.mean == pytest.approx(1.0)

@@ -86,6 +86,8 @@ def run_ablation(
     notes.append(f"tokens counted with {runner.counter.name}; {config.reserve_tokens} tokens reserved for the answer")
     if generator is not None:
         notes.append(f"answers by backend `{generator.name}`")
+    if data.model_responses_path.is_file():
+        notes.extend(_clinician_agreement(data, config))
     rows = summarize(results, resamples=config.bootstrap_resamples, seed=config.seed)
     summary_csv = out_dir / "summary.csv"
     write_summary_csv(rows, summary_csv)
@@ -100,6 +102,23 @@ def run_ablation(
     write_report(rows, report_md, title=f"Ablation: {config.name}", notes=notes, plots=[p.name for p in plots])
     return AblationOutcome(out_dir=out_dir, n_instructions=len(instructions), n_items=len(results), rows=rows,
                            summary_csv=summary_csv, report_md=report_md, plots=plots, notes=notes)
+
+
+def _clinician_agreement(data: DataFolder, config: RunConfig) -> list[str]:
+    """Kendall's tau between each metric's ordering of the models' responses and the clinicians' ranks."""
+    from medalign_rag.evaluation.agreement import metric_agreement
+
+    references = {i.instruction_id: i.reference_answers for i in data.instructions()}
+    try:
+        results = metric_agreement(data.model_responses(), references, n_resamples=config.bootstrap_resamples,
+                                   seed=config.seed)
+    except MedalignError as exc:
+        return [f"clinician agreement not computed: {exc}"]
+    return [
+        f"agreement with clinicians' ranks of model responses ({name}): Kendall's tau {r.mean:.3f} "
+        f"[{r.lo:.3f}, {r.hi:.3f}] over {r.n_instructions} instructions"
+        for name, r in results.items()
+    ]
 
 
 def _dump_config(config: RunConfig) -> str:

@@ -85,3 +85,34 @@ def kendall_agreement(
 
 def _constant(values: list[float]) -> bool:
     return max(values) == min(values)
+
+
+def metric_agreement(
+    responses: list[ModelResponse],
+    references: Mapping[str, list[str]],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, AgreementResult]:
+    """Score every model response with each automatic metric against the clinicians' reference answers, then ask
+    how well each metric's ordering agrees with the clinicians' ranks (the MedAlign paper's Table 3)."""
+    from medalign_rag.evaluation.metrics import EmbeddingSimilarity, rouge_l
+
+    scored = [r for r in responses if r.rank is not None]
+    refs = {
+        r.instruction_id: references.get(r.instruction_id) or ([r.clinician_response] if r.clinician_response else [])
+        for r in scored
+    }
+    scored = [r for r in scored if refs[r.instruction_id]]
+    if not scored:
+        raise MedalignError("no ranked model response has a reference answer to score against")
+    similarity = EmbeddingSimilarity()
+    f1 = similarity.score([r.response for r in scored], [refs[r.instruction_id] for r in scored])
+    metric_scores = {
+        "rouge_l": {(r.instruction_id, r.model_name): rouge_l(r.response, refs[r.instruction_id]) for r in scored},
+        "embedding_f1": {(r.instruction_id, r.model_name): float(s) for r, s in zip(scored, f1)},
+    }
+    return {
+        name: kendall_agreement(scored, scores, n_resamples=n_resamples, seed=seed)
+        for name, scores in metric_scores.items()
+    }
