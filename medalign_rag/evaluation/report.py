@@ -163,7 +163,7 @@ def plot_metric(rows: list[dict], metric: str, path: Path, ylabel: str) -> bool:
             series[r["strategy"]].append((r["budget"], r[metric], r.get(f"{metric}_lo"), r.get(f"{metric}_hi")))
     if not series:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for strategy in [s for s in STRATEGY_ORDER if s in series] + sorted(set(series) - set(STRATEGY_ORDER)):
         points = sorted(series[strategy])
         xs = [p[0] for p in points]
@@ -182,7 +182,7 @@ def plot_metric(rows: list[dict], metric: str, path: Path, ylabel: str) -> bool:
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(title="strategy")
+    ax.legend(title="strategy", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
