@@ -239,6 +239,19 @@ def _print_summary(rows: list[dict]) -> None:
     stdout.print(table)
 
 
+def _run_and_print(run, out_dir: Path, generator) -> None:
+    from medalign_rag.evaluation.ablation import run_ablation
+
+    outcome = run_ablation(run, out_dir, generator=generator, progress_factory=progress_bar)
+    _print_summary(outcome.rows)
+    for note in outcome.notes:
+        console.print(f"- {note}", highlight=False)
+    stdout.print(f"\nreport:  {outcome.report_md}\nsummary: {outcome.summary_csv}\n"
+                 f"results: {out_dir / 'results.jsonl'}")
+    for plot in outcome.plots:
+        stdout.print(f"plot:    {plot}")
+
+
 @app.command()
 def bench(
     config: Path = typer.Option(..., "--config", help="YAML run config (see configs/)."),
@@ -250,20 +263,13 @@ def bench(
 ) -> None:
     """Run an ablation (strategies x budgets); interrupt and re-run to resume."""
     from medalign_rag.config import load_run_config, make_generator
-    from medalign_rag.evaluation.ablation import run_ablation
 
     run = load_run_config(config, {"data": data, "backend": backend, "max_instructions": max_instructions})
     if index_dir is not None:
         run.index.index_dir = index_dir
     out_dir = out or Path("runs") / run.name
     generator = None if run.backend == "none" else make_generator(run.backend, run)
-    outcome = run_ablation(run, out_dir, generator=generator, progress_factory=progress_bar)
-    _print_summary(outcome.rows)
-    for note in outcome.notes:
-        console.print(f"- {note}", highlight=False)
-    console.print(f"report: {outcome.report_md}\nsummary: {outcome.summary_csv}\nresults: {out_dir / 'results.jsonl'}")
-    for plot in outcome.plots:
-        console.print(f"plot: {plot}")
+    _run_and_print(run, out_dir, generator)
 
 
 @app.command()
@@ -274,20 +280,13 @@ def demo(
 ) -> None:
     """The main job on built-in data: synthesize a cohort, index it, run a small ablation, report."""
     from medalign_rag.config import load_run_config, make_generator
-    from medalign_rag.evaluation.ablation import run_ablation
     from medalign_rag.generation.prompt import CONFIGS_DIR
 
     run = load_run_config(config or CONFIGS_DIR / "demo.yaml", {"backend": backend})
     run.data = out / "cohort"
     run.index.index_dir = out / "indexes"
     generator = None if run.backend == "none" else make_generator(run.backend, run)
-    outcome = run_ablation(run, out / "report", generator=generator, progress_factory=progress_bar)
-    _print_summary(outcome.rows)
-    for note in outcome.notes:
-        console.print(f"- {note}", highlight=False)
-    stdout.print(f"\nreport: {outcome.report_md}")
-    for plot in outcome.plots:
-        stdout.print(f"plot:   {plot}")
+    _run_and_print(run, out / "report", generator)
     stdout.print(f"try:    medalign-rag ask --data {run.data} --index-dir {run.index.index_dir} "
                  f"--patient synth-0001 \"What was the most recent hemoglobin A1c?\" --backend {backend}")
 

@@ -114,6 +114,19 @@ class Pipeline:
             raise MedalignError(f"unknown strategy {strategy!r}; choose from {', '.join(ALL_STRATEGIES)}")
         index = self.patient_index(patient_id)
         ranking = self.ranking(index, question, strategy, time_anchor=time_anchor, gold_event_ids=gold_event_ids)
+        return self.assemble(index, question, ranking, strategy=strategy, budget=budget, time_anchor=time_anchor)
+
+    def assemble(
+        self,
+        index: PatientIndex,
+        question: str,
+        ranking: list[int] | None,
+        *,
+        strategy: str,
+        budget: int,
+        time_anchor: datetime | None = None,
+    ) -> AssembledContext:
+        """Pack a ranking (computed once, reused across budgets) into one budget."""
         return assemble_context(
             index,
             strategy=strategy,

@@ -19,7 +19,6 @@ from typing import Callable, Iterable
 from pydantic import BaseModel
 
 from medalign_rag.config import RunConfig
-from medalign_rag.context import assemble_context
 from medalign_rag.errors import MedalignError
 from medalign_rag.records.dataset import DataFolder
 from medalign_rag.records.model import Instruction
@@ -224,17 +223,9 @@ class AblationRunner:
                                                                       time_anchor=instruction.time_anchor,
                                                                       gold_event_ids=gold)
                                 ranked = True
-                            assembled = assemble_context(
-                                index,
-                                strategy=strategy,
-                                budget=budget,
-                                counter=self.counter,
-                                ranking=ranking_cache,
-                                overhead_tokens=self.pipeline.overhead_tokens(instruction.question,
-                                                                              instruction.time_anchor),
-                                reserve_tokens=self.config.reserve_tokens,
-                                time_anchor=instruction.time_anchor,
-                            )
+                            assembled = self.pipeline.assemble(index, instruction.question, ranking_cache,
+                                                               strategy=strategy, budget=budget,
+                                                               time_anchor=instruction.time_anchor)
                             item = ItemResult(
                                 key=key,
                                 instruction_id=instruction.instruction_id,
