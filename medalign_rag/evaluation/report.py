@@ -79,6 +79,15 @@ def _fmt(mean, lo, hi) -> str:
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _budget_table(strategies: list[str], budgets: list[int], lookup: dict, cell) -> list[str]:
+    """A markdown table: one row per strategy, one column per budget, `cell(row)` in each (blank if absent)."""
+    lines = ["| strategy | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for strategy in strategies:
+        cells = [cell(lookup[(strategy, b)]) if (strategy, b) in lookup else "" for b in budgets]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def goal_statement(rows: list[dict]) -> str:
     """The project's goal, stated honestly: does the best retrieval at the smallest budget cover as much gold
     evidence as `full` at the largest?"""
@@ -115,14 +124,8 @@ def write_report(rows: list[dict], path: Path, *, title: str, notes: Sequence[st
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Evidence coverage at budget (mean [95% bootstrap CI])", "",
               "Share of each instruction's gold evidence events that made it into the assembled context.", ""]
-    lines.append("| strategy | " + " | ".join(str(b) for b in budgets) + " |")
-    lines.append("|---|" + "---|" * len(budgets))
-    for s in strategies:
-        cells = []
-        for b in budgets:
-            r = lookup.get((s, b))
-            cells.append(_fmt(r["evidence_coverage"], r["evidence_coverage_lo"], r["evidence_coverage_hi"]) if r else "")
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += _budget_table(strategies, budgets, lookup, lambda r: _fmt(
+        r["evidence_coverage"], r["evidence_coverage_lo"], r["evidence_coverage_hi"]))
     retrieval = [k for k in (rows[0] if rows else {}) if k.startswith(("recall", "mrr", "ndcg"))]
     if retrieval:
         lines += ["", "## Ranking quality over chunks holding gold evidence (budget-independent)", ""]
@@ -135,17 +138,8 @@ def write_report(rows: list[dict], path: Path, *, title: str, notes: Sequence[st
     answer_metrics = sorted({k[: -len("_n")] for r in rows for k in r if k.endswith("_n") and k != "n"})
     for metric in answer_metrics:
         lines += ["", f"## {metric} (mean [95% bootstrap CI], n answers)", ""]
-        lines.append("| strategy | " + " | ".join(str(b) for b in budgets) + " |")
-        lines.append("|---|" + "---|" * len(budgets))
-        for s in strategies:
-            cells = []
-            for b in budgets:
-                r = lookup.get((s, b))
-                if r and r.get(metric) is not None:
-                    cells.append(f"{_fmt(r[metric], r[f'{metric}_lo'], r[f'{metric}_hi'])} (n={r[f'{metric}_n']})")
-                else:
-                    cells.append("")
-            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines += _budget_table(strategies, budgets, lookup, lambda r, m=metric: (
+            f"{_fmt(r[m], r[f'{m}_lo'], r[f'{m}_hi'])} (n={r[f'{m}_n']})" if r.get(m) is not None else ""))
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     atomic_write_text(path, "\n".join(lines) + "\n")
