@@ -73,6 +73,16 @@ def _uptime() -> str:
     return f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)"
 
 
+def run_header(info: dict) -> list[str]:
+    """The lines every RESULTS.md section opens with: command, run times, machine, load, versions."""
+    return [
+        f"Command: `{info['command']}`  ",
+        f"Run: {info['started']} → {info['finished']} (UTC). {info['machine']}  ",
+        f"Load average before: {info['uptime_before']}; after: {info['uptime_after']}.  ",
+        f"Versions: {info['versions']}",
+    ]
+
+
 def machine_info(command: str, before: dict | None = None) -> dict:
     """What a reader needs to judge the numbers; call once before the run and once after (`before=`)."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
@@ -407,10 +417,7 @@ def render_section(args: argparse.Namespace, info: dict, ours: dict, llama: dict
     lines = [
         "## Index build",
         "",
-        f"Command: `{info['command']}`  ",
-        f"Run: {info['started']} → {info['finished']} (UTC). {info['machine']}  ",
-        f"Load average before: {info['uptime_before']}; after: {info['uptime_after']}.  ",
-        f"Versions: {info['versions']}",
+        *run_header(info),
         "",
         f"Cohort: {ours['patients']} synthetic patients (seed {args.seed}), {ours['chunks']} chunks "
         f"(max {DEFAULT_MAX_CHUNK_TOKENS} cl100k tokens), {ours['windows']} embedding windows (ours).",

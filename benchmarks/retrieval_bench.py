@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from index_bench import EMBED_DIM, machine_info, replace_section  # noqa: E402
+from index_bench import EMBED_DIM, machine_info, replace_section, run_header  # noqa: E402
 
 STRATEGIES = ("full", "recency", "bm25", "dense", "hybrid", "oracle")
 BUDGETS = (2048, 32768)
@@ -267,10 +267,7 @@ def main() -> None:
     lines = [
         "## Retrieval + context assembly",
         "",
-        f"Command: `{info['command']}`  ",
-        f"Run: {info['started']} → {info['finished']} (UTC). {info['machine']}  ",
-        f"Load average before: {info['uptime_before']}; after: {info['uptime_after']}.  ",
-        f"Versions: {info['versions']}",
+        *run_header(info),
         "",
         f"Record: {patient_id} of the {args.patients}-patient synthetic cohort (seed {args.seed}), "
         f"{record_tokens:,} cl100k tokens, {len(chunks)} chunks, {n_windows} embedding windows. "
