@@ -46,6 +46,26 @@ def print_json(payload) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def open_data(path: Path):
+    """The record source at `path` (every command opens data through here)."""
+    from medalign_rag.records.dataset import open_data
+
+    return open_data(path)
+
+
+def _strategy_help() -> str:
+    from medalign_rag.retrieval.registry import strategy_names
+
+    return "Retrieval strategy: " + ", ".join(strategy_names()) + "."
+
+
+def _check_strategy(value: str) -> str:
+    from medalign_rag.retrieval.registry import check_strategies
+
+    check_strategies([value], field="--strategy")
+    return value
+
+
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to write ehrs/*.xml and the instruction table into."),
@@ -89,10 +109,9 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Per patient: encounters, events, notes and tokens (cl100k)."""
-    from medalign_rag.records.dataset import open_data_folder
     from medalign_rag.tokenization import default_counter
 
-    folder = open_data_folder(data)
+    folder = open_data(data)
     patient_ids = [folder.record_path(patient).stem] if patient else folder.patient_ids()
     rows = _patient_rows(folder, patient_ids, default_counter())
     instructions = folder.instructions()
@@ -136,9 +155,8 @@ def index(
 ) -> None:
     """Build one FAISS index per patient; unchanged patients are skipped."""
     from medalign_rag.index.builder import IndexBuilder
-    from medalign_rag.records.dataset import open_data_folder
 
-    folder = open_data_folder(data)
+    folder = open_data(data)
     patient_ids = [folder.record_path(p).stem for p in patient] if patient else folder.patient_ids()
     builder = IndexBuilder(_index_settings(index_dir, embedding_model))
     with progress_bar() as progress:
@@ -165,8 +183,10 @@ def index(
 def _parse_time(value: Optional[str]) -> Optional[datetime]:
     if not value:
         return None
+    from medalign_rag.dates import naive_local
+
     try:
-        return datetime.fromisoformat(value)
+        return naive_local(datetime.fromisoformat(value))
     except ValueError as exc:
         raise MedalignError(f"--time-anchor {value!r} is not an ISO date/time (e.g. 2019-03-04 10:00)") from exc
 
@@ -176,9 +196,10 @@ def ask(
     instruction: str = typer.Argument(..., help="The clinician's instruction or question."),
     data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml)."),
     patient: str = typer.Option(..., "--patient", help="Patient id (file stem under ehrs/)."),
-    strategy: str = typer.Option("temporal", "--strategy", help="full, recency, bm25, dense, hybrid, temporal."),
+    strategy: str = typer.Option("temporal", "--strategy", help=_strategy_help(), callback=_check_strategy),
     budget: int = typer.Option(8192, "--budget", min=1, help="Prompt token budget (model tokens)."),
-    backend: str = typer.Option("local", "--backend", help="local, openai, vllm, or none (context only)."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="local, openai, vllm, or none (context only). Default: the config's, else local."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML run config for backend options."),
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="Where indexes live (default: indexes/)."),
     time_anchor: Optional[str] = typer.Option(None, "--time-anchor", help="Only events up to this time."),
@@ -186,44 +207,42 @@ def ask(
 ) -> None:
     """Answer one instruction about one patient (the index is built first when missing or stale)."""
     from medalign_rag.config import load_run_config, make_generator
-    from medalign_rag.context import format_citation
-    from medalign_rag.pipeline import Pipeline
-    from medalign_rag.records.dataset import open_data_folder
+    from medalign_rag.context import Citation, format_citation
+    from medalign_rag.generation.prompt import load_prompt_template
+    from medalign_rag.pipeline import AnswerRequest, Pipeline
 
     run = load_run_config(config) if config else None
-    folder = open_data_folder(data)
+    request = AnswerRequest(patient_id=patient, question=instruction, strategy=strategy, budget=budget,
+                            time_anchor=_parse_time(time_anchor))
+    folder = open_data(data)
     folder.record_path(patient)
+    # a flag overrides the config only when the user gave it
+    backend = backend or (run.backend if run is not None else "local")
     generator = None if backend == "none" else make_generator(backend, run)
-    prompt_template = None
-    if run is not None and run.prompt_template:
-        from medalign_rag.generation.prompt import load_prompt_template
-
-        prompt_template = load_prompt_template(run.prompt_template)
     settings = run.index if run is not None else _index_settings(None)
     if index_dir is not None:
         settings.index_dir = index_dir
-    pipeline = Pipeline(folder, settings, generator=generator, prompt_template=prompt_template)
+    pipeline = Pipeline(
+        folder, settings, generator=generator,
+        prompt_template=load_prompt_template(run.prompt_template) if run is not None and run.prompt_template else None,
+        reserve_tokens=run.reserve_tokens if run is not None else 256,
+        max_new_tokens=run.max_new_tokens if run is not None else 256,
+    )
     with console.status(f"retrieving ({strategy}, {budget} tokens)" + ("" if generator is None else " and answering")):
-        result = pipeline.answer(patient, instruction, strategy=strategy, budget=budget,
-                                 time_anchor=_parse_time(time_anchor))
+        result = pipeline.answer([request])[0]
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
-    from medalign_rag.context import Citation
-
     citations = [Citation.model_validate(c) for c in result.citations]
-    if result.answer is None:
-        stdout.print(result.context, markup=False, highlight=False)
-    else:
-        stdout.print(result.answer.strip() or "(empty answer)", markup=False, highlight=False)
-    stdout.print(
-        f"\n[bold]context[/bold]: {result.context_tokens} tokens of {budget} ({strategy}), "
-        f"{len(result.event_ids)} events from {len(citations)} encounters",
-        highlight=False,
+    # verbatim: this is the text the model saw (or would see), not a re-wrapped rendering of it
+    text = result.context if result.answer is None else (result.answer.strip() or "(empty answer)")
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.write(
+        f"\ncontext: {result.context_tokens} tokens of {budget} ({strategy}), "
+        f"{len(result.event_ids)} events from {len(citations)} encounters\ncitations:\n"
     )
-    stdout.print("[bold]citations[/bold]:")
     for citation in citations:
-        stdout.print(f"  - {format_citation(citation)}", markup=False, highlight=False)
+        sys.stdout.write(f"  - {format_citation(citation)}\n")
 
 
 def _print_summary(rows: list[dict]) -> None:
@@ -276,13 +295,17 @@ def bench(
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the cohort, indexes and report."),
     backend: str = typer.Option("local", "--backend", help="Answering backend (local runs SmolLM2 on the CPU)."),
-    config: Path = typer.Option(None, "--config", help="Demo run config (default: configs/demo.yaml)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Demo run config (default: the packaged demo.yaml)."),
 ) -> None:
     """The main job on built-in data: synthesize a cohort, index it, run a small ablation, report."""
     from medalign_rag.config import load_run_config, make_generator
-    from medalign_rag.generation.prompt import CONFIGS_DIR
+    from medalign_rag.generation.prompt import packaged_resource
 
-    run = load_run_config(config or CONFIGS_DIR / "demo.yaml", {"backend": backend})
+    if config is None:
+        name, text = packaged_resource("demo.yaml")
+        run = load_run_config(Path(name), {"backend": backend}, text=text)
+    else:
+        run = load_run_config(config, {"backend": backend})
     run.data = out / "cohort"
     run.index.index_dir = out / "indexes"
     generator = None if run.backend == "none" else make_generator(run.backend, run)
@@ -337,21 +360,45 @@ def convert_fhir(
     _convert_fhir(tasks, data, src, meds)
 
 
-def main() -> None:
-    # Library progress bars and warnings would bury our own output; errors still show.
+def set_process_environment() -> None:
+    """Process-wide settings, set once at the entry point before any model library is imported: records are
+    PHI and machines may be offline, so no command may reach a model hub (a hub name that is not on disk is an
+    error, not a download); library progress bars and warnings would bury our own output."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    import click
+    from pydantic import ValidationError
+
+    set_process_environment()
     try:
-        app()
+        # standalone_mode=False: click would otherwise turn Ctrl-C into a bare "Aborted!" and swallow our errors
+        code = app(standalone_mode=False)
+        raise SystemExit(code if isinstance(code, int) else 0)
     except MedalignError as exc:
         if os.environ.get("MEDALIGN_DEBUG"):
             raise
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted: finished work is saved; run the same command again to resume")
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("interrupted: finished work is saved; run the same command again to resume", highlight=False)
         raise SystemExit(130)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code)
+    except ValidationError as exc:  # a request built from the arguments (AnswerRequest) names the bad field
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        console.print(f"[red]error:[/red] {field}: {first['msg']}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,24 @@ from itertools import groupby
 from typing import Sequence
 
 from pydantic import BaseModel
-from xml.sax.saxutils import quoteattr
 
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.store import PatientIndex
 from medalign_rag.records.model import Event
-from medalign_rag.records.serialize import format_timestamp, render_encounter, render_encounter_open, render_event
+from medalign_rag.records.serialize import (
+    ENCOUNTER_CLOSE,
+    ENTRY_CLOSE,
+    EVENTS_CLOSE,
+    EVENTS_OPEN,
+    STREAM_CLOSE,
+    entry_overhead_text,
+    format_timestamp,
+    render_encounter,
+    render_encounter_open,
+    render_entry_open,
+    render_event_line,
+    render_stream_open,
+)
 from medalign_rag.tokenization import TokenCounter, count_many
 
 DEFAULT_ANSWER_RESERVE = 256  # MedAlign reserves 256 tokens for the answer
@@ -48,7 +60,7 @@ class AssembledContext(BaseModel):
 
 
 @dataclass
-class _EventCosts:
+class EventCosts:
     """Per-event token costs for one (index, tokenizer) pair, computed once and reused across instructions."""
 
     event_cost: list[list[int]]  # [chunk position][event position]
@@ -57,8 +69,8 @@ class _EventCosts:
     encounter_cost: dict[str, int] = field(default_factory=dict)
 
 
-def _costs(index: PatientIndex, counter: TokenCounter) -> _EventCosts:
-    per_index = index.caches.setdefault("event_costs", {})
+def _costs(index: PatientIndex, counter: TokenCounter) -> EventCosts:
+    per_index = index.state.event_costs
     cached = per_index.get(counter.name)
     if cached is not None:
         return cached
@@ -69,9 +81,9 @@ def _costs(index: PatientIndex, counter: TokenCounter) -> _EventCosts:
     for chunk in index.chunks:
         event_cost.append(flat_costs[at : at + len(chunk.events)])
         at += len(chunk.events)
-    entry_cost = counter.count('    <entry timestamp="2000-01-01 00:00:00">\n    </entry>\n') + 2
+    entry_cost = counter.count(entry_overhead_text()) + 2
     empty_context = counter.count(_render_text(index, [])) + 1
-    costs = _EventCosts(event_cost=event_cost, entry_cost=entry_cost, empty_context=empty_context)
+    costs = EventCosts(event_cost=event_cost, entry_cost=entry_cost, empty_context=empty_context)
     for chunk in index.chunks:
         if chunk.encounter_id not in costs.encounter_cost:
             costs.encounter_cost[chunk.encounter_id] = counter.count(
@@ -82,7 +94,7 @@ def _costs(index: PatientIndex, counter: TokenCounter) -> _EventCosts:
 
 
 @dataclass
-class _RenderCache:
+class RenderCache:
     """Each event's XML line and each encounter's opening tag, rendered once per loaded index."""
 
     event_lines: list[list[str]]
@@ -90,15 +102,15 @@ class _RenderCache:
     entry_open: dict[datetime, str] = field(default_factory=dict)
 
 
-def _render_cache(index: PatientIndex) -> _RenderCache:
-    cache = index.caches.get("render")
+def _render_cache(index: PatientIndex) -> RenderCache:
+    cache = index.state.render
     if cache is None:
-        cache = _RenderCache(
-            event_lines=[["      " + render_event(ev, include_ids=False) for ev in c.events] for c in index.chunks],
+        cache = RenderCache(
+            event_lines=[[render_event_line(ev, include_ids=False) for ev in c.events] for c in index.chunks],
             encounter_open={c.encounter_id: render_encounter_open(c.encounter(), include_ids=False)
                             for c in index.chunks},
         )
-        index.caches["render"] = cache
+        index.state.render = cache
     return cache
 
 
@@ -113,27 +125,27 @@ def _render_text(index: PatientIndex, items: list[tuple[int, int, int]]) -> str:
     """Same text as `render_encounter` per encounter, joined from cached lines (this runs several times per
     instruction, so it must not re-escape the record each time)."""
     cache = _render_cache(index)
-    lines = [f"<eventstream person_id={quoteattr(index.patient_id)}>"]
+    lines = [render_stream_open(index.patient_id)]
     for encounter_id, group in groupby(items, key=lambda item: index.chunks[item[1]].encounter_id):
         lines.append(cache.encounter_open[encounter_id])
-        lines.append("  <events>")
+        lines.append(EVENTS_OPEN)
         last_stamp = None
         for _, position, i in group:
             stamp = index.chunks[position].events[i].timestamp
             if stamp != last_stamp:
                 if last_stamp is not None:
-                    lines.append("    </entry>")
+                    lines.append(ENTRY_CLOSE)
                 entry = cache.entry_open.get(stamp)
                 if entry is None:
-                    entry = cache.entry_open[stamp] = f"    <entry timestamp={quoteattr(format_timestamp(stamp))}>"
+                    entry = cache.entry_open[stamp] = render_entry_open(stamp)
                 lines.append(entry)
                 last_stamp = stamp
             lines.append(cache.event_lines[position][i])
         if last_stamp is not None:
-            lines.append("    </entry>")
-        lines.append("  </events>")
-        lines.append("</encounter>")
-    lines.append("</eventstream>")
+            lines.append(ENTRY_CLOSE)
+        lines.append(EVENTS_CLOSE)
+        lines.append(ENCOUNTER_CLOSE)
+    lines.append(STREAM_CLOSE)
     return "\n".join(lines) + "\n"
 
 
@@ -145,12 +157,6 @@ def _citations(index: PatientIndex, items: list[tuple[int, int, int]]) -> tuple[
                                   start=chunk.encounter_start, end=chunk.encounter_end))
     event_ids = [index.chunks[p].events[i].event_id for _, p, i in items]
     return citations, event_ids
-
-
-def render_context(index: PatientIndex, selected: dict[int, list[int]]) -> tuple[str, list[Citation], list[str]]:
-    """Render chosen events ({chunk position: event positions}) chronologically, one `<encounter>` per encounter."""
-    items = _chronological(index, selected)
-    return (_render_text(index, items), *_citations(index, items))
 
 
 def _visible(event: Event, time_anchor: datetime | None) -> bool:
@@ -167,7 +173,7 @@ class _Packing(BaseModel):
 
 def _pack(
     index: PatientIndex,
-    costs: _EventCosts,
+    costs: EventCosts,
     chunk_order: Sequence[int],
     available: float,
     fixed: int,
@@ -219,12 +225,16 @@ def assemble_context(
     strategy: str,
     budget: int,
     counter: TokenCounter,
-    ranking: Sequence[int] | None = None,
+    ranking: Sequence[int],
+    newest_events_first: bool = False,
     overhead_tokens: int = 0,
     reserve_tokens: int = DEFAULT_ANSWER_RESERVE,
     time_anchor: datetime | None = None,
 ) -> AssembledContext:
-    """Fit the record (`ranking` is None: `full`) or the ranked chunks into `budget` tokens, never more."""
+    """Fit the ranked chunks (chunk positions, best first) into `budget` tokens, never more.
+
+    `newest_events_first` keeps a partly fitting chunk's newest events (a cut of the record from the front, as
+    `full` does) instead of its first ones."""
     available = budget - overhead_tokens - reserve_tokens
     if available <= 0:
         raise MedalignError(
@@ -233,8 +243,8 @@ def assemble_context(
         )
     costs = _costs(index, counter)
     fixed = costs.empty_context
-    newest_first = ranking is None
-    order = sorted(range(len(index.chunks)), key=lambda p: -index.chunks[p].ordinal) if ranking is None else ranking
+    newest_first = newest_events_first
+    order = ranking
 
     # Per-line estimates are a few percent off the exact count of the joined text, in either direction. Pack by
     # estimate, count exactly, rescale the estimated budget, and keep the fullest packing that fits.

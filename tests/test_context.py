@@ -2,7 +2,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from medalign_rag.chunking import ChunkingSettings, chunk_record
-from medalign_rag.context import assemble_context, render_context
+from medalign_rag.context import assemble_context
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.store import IndexManifest, PatientIndex
 from medalign_rag.tokenization import default_counter
@@ -10,6 +10,13 @@ from tests.factories import make_record
 
 import faiss
 import numpy as np
+
+
+def full_ranking(index: PatientIndex) -> dict:
+    """What the registered `full` strategy hands the assembler."""
+    from medalign_rag.retrieval import FullRecordRetriever
+
+    return {"ranking": [p for p, _ in FullRecordRetriever(index).rank("")], "newest_events_first": True}
 
 
 def lexical_index(seed: int, n_encounters: int = 8, max_tokens: int = 400) -> PatientIndex:
@@ -29,12 +36,14 @@ def lexical_index(seed: int, n_encounters: int = 8, max_tokens: int = 400) -> Pa
 def test_context_never_exceeds_the_budget(seed, budget, overhead, shuffle_seed, full):
     index = lexical_index(seed)
     counter = default_counter()
-    ranking = None
-    if not full:
+    if full:
+        order = full_ranking(index)
+    else:
         ranking = list(range(len(index.chunks)))
         np.random.default_rng(shuffle_seed).shuffle(ranking)
+        order = {"ranking": ranking}
     assembled = assemble_context(index, strategy="full" if full else "test", budget=budget, counter=counter,
-                                 ranking=ranking, overhead_tokens=overhead, reserve_tokens=256)
+                                 overhead_tokens=overhead, reserve_tokens=256, **order)
     assert assembled.context_tokens == counter.count(assembled.text)
     assert assembled.context_tokens <= budget - overhead - 256
     # what went in is exactly what the text shows, in chronological order
@@ -46,7 +55,8 @@ def test_context_never_exceeds_the_budget(seed, budget, overhead, shuffle_seed, 
 
 def test_full_keeps_the_most_recent_part():
     index = lexical_index(11, n_encounters=12)
-    assembled = assemble_context(index, strategy="full", budget=2048, counter=default_counter())
+    assembled = assemble_context(index, strategy="full", budget=2048, counter=default_counter(),
+                                 **full_ranking(index))
     ordered = [ev.event_id for c in index.chunks for ev in c.events]
     kept = assembled.event_ids
     assert kept and len(kept) < len(ordered)
@@ -68,7 +78,8 @@ def test_ranked_chunks_are_packed_in_rank_order():
 def test_time_anchor_hides_later_events():
     index = lexical_index(7, n_encounters=10)
     middle = index.chunks[len(index.chunks) // 2].start
-    assembled = assemble_context(index, strategy="full", budget=32768, counter=default_counter(), time_anchor=middle)
+    assembled = assemble_context(index, strategy="full", budget=32768, counter=default_counter(), time_anchor=middle,
+                                 **full_ranking(index))
     all_events = {ev.event_id: ev for c in index.chunks for ev in c.events}
     assert assembled.event_ids
     assert all(all_events[e].timestamp <= middle for e in assembled.event_ids)
@@ -77,15 +88,17 @@ def test_time_anchor_hides_later_events():
 def test_budget_smaller_than_the_prompt_is_a_clear_error():
     index = lexical_index(1)
     with pytest.raises(MedalignError, match="no room"):
-        assemble_context(index, strategy="full", budget=300, counter=default_counter(), overhead_tokens=100)
+        assemble_context(index, strategy="full", budget=300, counter=default_counter(), overhead_tokens=100,
+                         **full_ranking(index))
 
 
 def test_rendered_context_is_well_formed_xml():
     import xml.etree.ElementTree as ET
 
     index = lexical_index(2)
-    selected = {0: list(range(len(index.chunks[0].events))), len(index.chunks) - 1: [0]}
-    text, citations, event_ids = render_context(index, selected)
+    ranking = [len(index.chunks) - 1, 0]
+    assembled = assemble_context(index, strategy="test", budget=4096, counter=default_counter(), ranking=ranking)
+    text, citations, event_ids = assembled.text, assembled.citations, assembled.event_ids
     root = ET.fromstring(text)
     assert root.tag == "eventstream"
     assert len(root.findall("encounter")) == len(citations)

@@ -20,7 +20,7 @@ from medalign_rag.generation import (
     register_backend,
 )
 from medalign_rag.generation.base import BackendOptions, validate_options
-from medalign_rag.generation.prompt import DEFAULT_PROMPT_PATH, PromptTemplate
+from medalign_rag.generation.prompt import PromptTemplate
 from medalign_rag.tokenization import TokenCounter, default_counter
 
 ANCHOR = datetime(2021, 6, 30, 14, 5, 0)
@@ -82,7 +82,8 @@ def test_concurrency_is_also_accepted_as_max_concurrency():
 def test_shipped_run_configs_have_valid_backend_options():
     import yaml
 
-    configs = sorted((DEFAULT_PROMPT_PATH.parents[1]).glob("*.yaml"))
+    repo = Path(__file__).resolve().parents[1]
+    configs = sorted((repo / "configs").glob("*.yaml")) + [repo / "medalign_rag" / "resources" / "demo.yaml"]
     checked = 0
     for path in configs:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -144,8 +145,11 @@ def test_registering_two_classes_under_one_name_fails():
 # --- prompt template --------------------------------------------------------------------------------
 
 
-def test_default_template_lives_in_configs():
-    assert DEFAULT_PROMPT_PATH == Path(__file__).resolve().parents[1] / "configs" / "prompts" / "medalign.yaml"
+def test_default_template_ships_inside_the_package():
+    from importlib import resources
+
+    packaged = resources.files("medalign_rag.resources").joinpath("prompts/medalign.yaml").read_text()
+    assert "{context}" in packaged and "{question}" in packaged
     assert load_prompt_template().name == "medalign"
 
 

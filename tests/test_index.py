@@ -61,8 +61,9 @@ def test_build_skip_rebuild_and_retrieve(tmp_path, builder):
     bm25 = make_retriever("bm25", index)
     assert index.chunks[bm25.rank("creatinine")[0][0]].chunk_id in {
         c.chunk_id for c in index.chunks if any(ev.name == "Creatinine" for ev in c.events)}
-    assert lab_chunk.chunk_id in {index.chunks[p].chunk_id for p, _ in make_retriever(
-        "hybrid", index, embedder=builder.embedder).rank("creatinine")[:len(index.chunks)]}
+    hybrid_top = [index.chunks[p].chunk_id for p, _ in make_retriever(
+        "hybrid", index, embedder=builder.embedder).rank("creatinine")[:3]]
+    assert lab_chunk.chunk_id in hybrid_top, "a chunk with the asked-for lab ranks near the top, not just somewhere"
 
 
 def test_a_corrupted_index_is_detected_and_rebuilt(tmp_path, builder):
@@ -103,11 +104,14 @@ def test_killing_a_build_leaves_every_index_loadable(tmp_path):
     proc = subprocess.Popen(_index_cmd(tmp_path / "data", index_dir), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(index_dir.glob("*/manifest.json"))) < 2:
+    def finished() -> set[str]:  # pathlib's "*" also matches the ".<id>.build-*" staging folders: not indexes
+        return {p.parent.name for p in index_dir.glob("*/manifest.json") if not p.parent.name.startswith(".")}
+
+    while time.time() < deadline and len(finished()) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    built_before = {p.parent.name for p in index_dir.glob("*/manifest.json")}
+    built_before = finished()
     assert 2 <= len(built_before) < 8, "the kill must land mid-build"
     for patient_id in built_before:
         load_index(index_dir, patient_id)

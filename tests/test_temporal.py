@@ -8,13 +8,13 @@ from medalign_rag.index.store import load_index
 from medalign_rag.records.dataset import open_data_folder
 from medalign_rag.records.model import Encounter, Event, EventKind, PatientRecord
 from medalign_rag.records.serialize import write_release_xml
-from medalign_rag.retrieval import RETRIEVAL_STRATEGIES, make_retriever
-from medalign_rag.retrieval.temporal import (
-    LATEST,
-    TemporalRetriever,
-    parse_temporal_cues,
-    time_arrays,
-)
+from medalign_rag.retrieval import make_retriever, strategy_names
+from medalign_rag.retrieval.temporal import time_arrays
+from medalign_rag.retrieval.time_cues import LATEST, parse_temporal_cues
+
+
+def TemporalRetriever(index, embedder, time_anchor=None):
+    return make_retriever("temporal", index, embedder=embedder, time_anchor=time_anchor)
 
 ANCHOR = datetime(2146, 12, 31, 23, 59)
 D = datetime
@@ -244,7 +244,7 @@ def test_time_arrays_are_cached_and_find_icu_stays(built):
 
 def test_temporal_is_a_registered_strategy(built):
     index, _ = built
-    assert "temporal" in RETRIEVAL_STRATEGIES
+    assert "temporal" in strategy_names()
     from medalign_rag.errors import MedalignError
 
     with pytest.raises(MedalignError, match="embedding model"):

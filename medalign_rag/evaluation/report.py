@@ -8,11 +8,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from medalign_rag.retrieval.registry import strategy_names
 from medalign_rag.atomic import atomic_path, atomic_write_text
 from medalign_rag.evaluation.metrics import bootstrap_interval
 from medalign_rag.evaluation.runner import ItemResult
 
-STRATEGY_ORDER = ["full", "recency", "bm25", "dense", "hybrid", "temporal", "oracle"]
 
 
 def _mean_ci(values: Sequence[float], resamples: int, seed: int) -> tuple[float | None, float | None, float | None]:
@@ -29,7 +29,7 @@ def summarize(results: list[ItemResult], resamples: int = 1000, seed: int = 0) -
     answer_metric_names = sorted({name for item in results for name in item.answer_metrics})
     retrieval_names = sorted({name for item in results for name in item.retrieval})
     rows = []
-    order = {s: i for i, s in enumerate(STRATEGY_ORDER)}
+    order = {s: i for i, s in enumerate(strategy_names())}
     for (strategy, budget), items in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
         coverage = [i.evidence_coverage for i in items if i.evidence_coverage is not None]
         mean, lo, hi = _mean_ci(coverage, resamples, seed)
@@ -116,7 +116,7 @@ def goal_statement(rows: list[dict]) -> str:
 
 
 def write_report(rows: list[dict], path: Path, *, title: str, notes: Sequence[str] = (), plots: Sequence[str] = ()) -> None:
-    strategies = [s for s in STRATEGY_ORDER if any(r["strategy"] == s for r in rows)]
+    strategies = [s for s in strategy_names() if any(r["strategy"] == s for r in rows)]
     strategies += sorted({r["strategy"] for r in rows} - set(strategies))
     budgets = sorted({r["budget"] for r in rows})
     lookup = {(r["strategy"], r["budget"]): r for r in rows}
@@ -158,7 +158,8 @@ def plot_metric(rows: list[dict], metric: str, path: Path, ylabel: str) -> bool:
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    for strategy in [s for s in STRATEGY_ORDER if s in series] + sorted(set(series) - set(STRATEGY_ORDER)):
+    known = strategy_names()
+    for strategy in [s for s in known if s in series] + sorted(set(series) - set(known)):
         points = sorted(series[strategy])
         xs = [p[0] for p in points]
         ys = [p[1] for p in points]

@@ -1,8 +1,12 @@
 """The ablation runner: every instruction x strategy x budget, resumable, with retrieval and answer metrics.
 
+The runner only schedules, caches and scores: every item goes through the pipeline's one answer path
+(`Pipeline.prepare` / `Pipeline.complete`), with the instruction's gold evidence handed to the oracle.
+
 Results are appended to `results.jsonl` one item at a time, each under a key that hashes everything that
-determines it (instruction, strategy, budget, index settings, backend, prompt). An interrupted run resumes
-where it stopped; a changed config recomputes only what the change touches.
+determines it: the patient's record fingerprint, the instruction, strategy, budget, index settings, backend,
+prompt, and this module's result format. An interrupted run resumes where it stopped; a changed record or
+config recomputes only the items the change touches.
 """
 
 from __future__ import annotations
@@ -11,20 +15,17 @@ import hashlib
 import json
 import os
 import random
-import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from pydantic import BaseModel
 
 from medalign_rag.config import RunConfig
-from medalign_rag.errors import MedalignError
-from medalign_rag.records.dataset import DataFolder
 from medalign_rag.records.model import Instruction
-from medalign_rag.retrieval import ALL_STRATEGIES
 
 RESULTS_FILE = "results.jsonl"
+RESULT_FORMAT = 2  # bump when an item's fields or their meaning change: old results are then recomputed
 
 
 class ItemResult(BaseModel):
@@ -95,39 +96,37 @@ class ResultStore:
 
 
 class AblationRunner:
-    def __init__(self, config: RunConfig, data: DataFolder, out_dir: Path, generator=None,
-                 prompt_template=None, counter=None) -> None:
+    def __init__(self, config: RunConfig, data, out_dir: Path, generator=None, counter=None) -> None:
         from medalign_rag.generation.prompt import load_prompt_template
         from medalign_rag.pipeline import Pipeline
-        from medalign_rag.tokenization import default_counter
 
-        unknown = [s for s in config.strategies if s not in ALL_STRATEGIES]
-        if unknown:
-            raise MedalignError(f"unknown strategies {unknown}; choose from {', '.join(ALL_STRATEGIES)}")
         self.config = config
         self.data = data
         self.out_dir = Path(out_dir)
         self.generator = generator
-        self.prompt_template = prompt_template or load_prompt_template(config.prompt_template)
-        self.counter = counter or (generator.tokenizer if generator is not None else default_counter())
-        self.pipeline = Pipeline(data, config.index, generator=generator, prompt_template=self.prompt_template,
-                                 counter=self.counter, reserve_tokens=config.reserve_tokens)
+        self.pipeline = Pipeline(data, config.index, generator=generator,
+                                 prompt_template=load_prompt_template(config.prompt_template), counter=counter,
+                                 reserve_tokens=config.reserve_tokens, max_new_tokens=config.max_new_tokens)
+        self.counter = self.pipeline.counter
         self._similarity = None
         self.skipped_budgets: list[int] = []
 
     # -- keys -------------------------------------------------------------------------------------------
     def _base_key(self) -> dict:
         return {
+            "format": RESULT_FORMAT,
             "index": self.config.index.model_dump(mode="json", exclude={"index_dir", "batch_size"}),
             "counter": self.counter.name,
             "reserve": self.config.reserve_tokens,
-            "prompt": self.prompt_template.model_dump(),
+            "prompt": self.pipeline.prompt_template.model_dump(),
             "k": self.config.k_values,
         }
 
-    def item_key(self, instruction: Instruction, strategy: str, budget: int, answered: bool) -> str:
+    def item_key(self, instruction: Instruction, record_fingerprint: str, strategy: str, budget: int,
+                 answered: bool) -> str:
         payload = {
             **self._base_key(),
+            "record": record_fingerprint,
             "instruction": instruction.model_dump(mode="json"),
             "strategy": strategy,
             "budget": budget,
@@ -138,7 +137,7 @@ class AblationRunner:
         return _digest(payload)
 
     def wants_answer(self, instruction_rank: int, strategy: str, budget: int) -> bool:
-        if self.generator is None:
+        if self.generator is None or budget in self.skipped_budgets:
             return False
         c = self.config
         if c.answer_max_instructions is not None and instruction_rank >= c.answer_max_instructions:
@@ -157,16 +156,17 @@ class AblationRunner:
         return budgets
 
     # -- metrics ----------------------------------------------------------------------------------------
-    def _retrieval_metrics(self, index, ranking: list[int] | None, gold: set[str], qid: str) -> dict[str, float]:
-        if ranking is None or not gold:
+    def _retrieval_metrics(self, ranked_chunk_ids: list[str] | None, gold: set[str], qid: str,
+                           index) -> dict[str, float]:
+        if ranked_chunk_ids is None or not gold:
             return {}
         from medalign_rag.evaluation.metrics import retrieval_scores
 
         qrels = {c.chunk_id: 1 for c in index.chunks if any(ev.event_id in gold for ev in c.events)}
         if not qrels:
             return {}
-        n = len(ranking)
-        run = {index.chunks[p].chunk_id: float(n - r) for r, p in enumerate(ranking[:100])}
+        n = len(ranked_chunk_ids)
+        run = {chunk_id: float(n - r) for r, chunk_id in enumerate(ranked_chunk_ids[:100])}
         return retrieval_scores({qid: run}, {qid: qrels}, k_values=tuple(self.config.k_values)).get(qid, {})
 
     def _answer_metrics(self, instruction: Instruction, answer: str) -> dict[str, float]:
@@ -188,9 +188,30 @@ class AblationRunner:
             metrics["answer_match"] = float(answer_matches(answer, gold_rows))
         return metrics
 
+    def _item(self, key: str, instruction: Instruction, prepared, gold: set[str]) -> ItemResult:
+        from medalign_rag.evaluation.metrics import evidence_coverage
+
+        assembled = prepared.context
+        return ItemResult(
+            key=key,
+            instruction_id=instruction.instruction_id,
+            patient_id=instruction.patient_id,
+            strategy=prepared.request.strategy,
+            budget=prepared.request.budget,
+            context_tokens=assembled.context_tokens,
+            available_tokens=assembled.available_tokens,
+            n_chunks=len(assembled.chunk_ids),
+            n_gold_events=len(gold),
+            evidence_coverage=evidence_coverage(gold, assembled.event_ids),
+            retrieval=self._retrieval_metrics(prepared.ranked_chunk_ids, gold, instruction.instruction_id,
+                                              self.pipeline.patient_index(instruction.patient_id)),
+            seconds_context=prepared.seconds_context,
+        )
+
     # -- the run ----------------------------------------------------------------------------------------
     def run(self, instructions: list[Instruction], on_item: Callable[[int], None] | None = None) -> list[ItemResult]:
-        from medalign_rag.evaluation.metrics import evidence_coverage
+        """Every instruction x strategy x budget; finished items are reused, the rest computed and stored."""
+        from medalign_rag.pipeline import AnswerRequest
 
         budgets = self.budgets()
         store = ResultStore(self.out_dir / RESULTS_FILE)
@@ -198,76 +219,45 @@ class AblationRunner:
         by_patient: dict[str, list[tuple[int, Instruction]]] = defaultdict(list)
         for rank, instruction in enumerate(instructions):
             by_patient[instruction.patient_id].append((rank, instruction))
+
+        def finished(item: ItemResult) -> None:
+            results.append(item)
+            if on_item:
+                on_item(1)
+
         try:
             for patient_id in sorted(by_patient):
-                index = None
+                fingerprint = self.data.fingerprint(patient_id)
                 for rank, instruction in by_patient[patient_id]:
-                    pending: list[tuple[str, ItemResult, str | None]] = []
                     gold = set(instruction.evidence_event_ids)
+                    to_answer: list[tuple[ItemResult, object]] = []
                     for strategy in self.config.strategies:
-                        ranking_cache: list[int] | None = None
-                        ranked = False
                         for budget in budgets:
-                            answered = self.wants_answer(rank, strategy, budget) and budget not in self.skipped_budgets
-                            key = self.item_key(instruction, strategy, budget, answered)
+                            answered = self.wants_answer(rank, strategy, budget)
+                            key = self.item_key(instruction, fingerprint, strategy, budget, answered)
                             if key in store:
-                                results.append(store.items[key])
-                                if on_item:
-                                    on_item(1)
+                                finished(store.items[key])
                                 continue
-                            if index is None:
-                                index = self.pipeline.patient_index(patient_id)
-                            started = time.perf_counter()
-                            if not ranked:
-                                ranking_cache = self.pipeline.ranking(index, instruction.question, strategy,
-                                                                      time_anchor=instruction.time_anchor,
-                                                                      gold_event_ids=gold)
-                                ranked = True
-                            assembled = self.pipeline.assemble(index, instruction.question, ranking_cache,
-                                                               strategy=strategy, budget=budget,
-                                                               time_anchor=instruction.time_anchor)
-                            item = ItemResult(
-                                key=key,
-                                instruction_id=instruction.instruction_id,
-                                patient_id=patient_id,
-                                strategy=strategy,
-                                budget=budget,
-                                context_tokens=assembled.context_tokens,
-                                available_tokens=assembled.available_tokens,
-                                n_chunks=len(assembled.chunk_ids),
-                                n_gold_events=len(gold),
-                                evidence_coverage=evidence_coverage(gold, assembled.event_ids),
-                                retrieval=self._retrieval_metrics(index, ranking_cache, gold,
-                                                                  instruction.instruction_id),
-                                seconds_context=time.perf_counter() - started,
-                            )
+                            request = AnswerRequest(patient_id=patient_id, question=instruction.question,
+                                                    strategy=strategy, budget=budget,
+                                                    time_anchor=instruction.time_anchor)
+                            prepared = self.pipeline.prepare(request, gold_event_ids=gold)
+                            item = self._item(key, instruction, prepared, gold)
                             if answered:
-                                prompt = self.prompt_template.render(instruction.question, assembled.text,
-                                                                     instruction.time_anchor)
-                                pending.append((prompt, item, None))
+                                to_answer.append((item, prepared))
                             else:
                                 store.add(item)
-                                results.append(item)
-                                if on_item:
-                                    on_item(1)
-                    if pending:
-                        generated = self.generator.generate([p for p, _, _ in pending],
-                                                            max_tokens=self.config.max_new_tokens)
-                        for (_, item, _), output in zip(pending, generated):
-                            item.backend = self.generator.name
-                            item.answer = output.text
-                            item.prompt_tokens = output.prompt_tokens
-                            item.completion_tokens = output.completion_tokens
-                            item.latency_s = output.latency_s
-                            item.answer_metrics = self._answer_metrics(instruction, output.text)
-                            store.add(item)
-                            results.append(item)
-                            if on_item:
-                                on_item(1)
+                                finished(item)
+                    answers = self.pipeline.complete([prepared for _, prepared in to_answer])
+                    for (item, _), answer in zip(to_answer, answers):
+                        item.backend = answer.backend
+                        item.answer = answer.answer
+                        item.prompt_tokens = answer.prompt_tokens
+                        item.completion_tokens = answer.completion_tokens
+                        item.latency_s = answer.latency_s
+                        item.answer_metrics = self._answer_metrics(instruction, answer.answer or "")
+                        store.add(item)
+                        finished(item)
         finally:
             store.close()
         return results
-
-
-def count_items(config: RunConfig, instructions: Iterable[Instruction]) -> int:
-    return len(list(instructions)) * len(config.strategies) * len(set(config.budgets))

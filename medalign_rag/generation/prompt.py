@@ -1,9 +1,14 @@
-"""The answering prompt, kept in YAML under configs/prompts so it can change without touching code."""
+"""The answering prompt, kept in YAML so it can change without touching code.
+
+The default ships inside the package (`medalign_rag/resources/prompts/medalign.yaml`, read with importlib.resources
+so an installed wheel finds it); a user's own file given as `prompt_template` overrides it.
+"""
 
 from __future__ import annotations
 
 import string
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -12,8 +17,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from medalign_rag.errors import MedalignError
 from medalign_rag.tokenization import TokenCounter
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_PROMPT_PATH = CONFIGS_DIR / "prompts" / "medalign.yaml"
+DEFAULT_PROMPT = "prompts/medalign.yaml"
+
+
+def packaged_resource(name: str) -> tuple[str, str]:
+    """(a name for error messages, the text) of a file in medalign_rag/resources."""
+    resource = resources.files("medalign_rag.resources").joinpath(name)
+    return f"<package>/medalign_rag/resources/{name}", resource.read_text(encoding="utf-8")
 
 _TEMPLATE_FIELDS = {"context", "question", "time_anchor"}
 _ANCHOR_FIELDS = {"time"}
@@ -80,14 +90,17 @@ class PromptTemplate(BaseModel):
 
 
 def load_prompt_template(path: Path | None = None) -> PromptTemplate:
-    """Read a prompt template YAML (default: configs/prompts/medalign.yaml in this repository)."""
-    source = Path(path) if path is not None else DEFAULT_PROMPT_PATH
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MedalignError("prompt template file not found", path=source) from None
-    except OSError as error:
-        raise MedalignError(f"cannot read prompt template: {error.strerror}", path=source) from None
+    """Read a prompt template YAML (default: the packaged MedAlign-style prompt)."""
+    if path is None:
+        source, text = packaged_resource(DEFAULT_PROMPT)
+    else:
+        source = Path(path)
+        try:
+            text = source.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise MedalignError("prompt template file not found", path=source) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise MedalignError(f"cannot read prompt template: {error}", path=source) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -4,37 +4,52 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from medalign_rag.chunking import ChunkingSettings, chunk_record
 from medalign_rag.errors import MedalignError
+from medalign_rag.records.model import PatientRecord
 from medalign_rag.index.embedding import DEFAULT_EMBEDDING_MODEL, Embedder, WindowSettings
 from medalign_rag.index.store import (
     IndexManifest,
     cleanup_stale_builds,
-    file_sha256,
     load_index,
     patient_dir,
     patient_lock,
     read_manifest,
     save_index,
 )
-from medalign_rag.records.dataset import DataFolder
 from medalign_rag.tokenization import TokenCounter, default_counter
 
 DEFAULT_INDEX_DIR = Path("indexes")
+
+
+class RecordSource(Protocol):
+    """What the builder needs of a data source (any record format): ids, records, and a fingerprint per patient
+    that changes whenever the patient's record does."""
+
+    def patient_ids(self) -> list[str]: ...
+    def load_record(self, patient_id: str) -> PatientRecord: ...
+    def fingerprint(self, patient_id: str) -> str: ...
 
 
 class IndexSettings(BaseModel):
     index_dir: Path = DEFAULT_INDEX_DIR
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
-    window_tokens: int = 256
-    overlap_tokens: int = 32
-    batch_size: int = 64
+    window_tokens: int = Field(256, ge=8)
+    overlap_tokens: int = Field(32, ge=0)
+    batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _windows_advance(self) -> "IndexSettings":
+        if self.overlap_tokens >= self.window_tokens:
+            raise ValueError(f"overlap_tokens ({self.overlap_tokens}) must be smaller than window_tokens "
+                             f"({self.window_tokens}), or windows would not advance")
+        return self
 
 
 class PatientBuildResult(BaseModel):
@@ -83,19 +98,17 @@ class IndexBuilder:
             "source_sha256": source_sha256,
         }
 
-    def is_current(self, data: DataFolder, patient_id: str) -> bool:
+    def is_current(self, data: RecordSource, patient_id: str) -> bool:
         manifest = read_manifest(self.settings.index_dir, patient_id)
         if manifest is None:
             return False
-        source = file_sha256(data.record_path(patient_id))
-        return manifest.build_key() == self.expected_key(source)
+        return manifest.build_key() == self.expected_key(data.fingerprint(patient_id))
 
-    def build_patient(self, data: DataFolder, patient_id: str, *, force: bool = False) -> PatientBuildResult:
+    def build_patient(self, data: RecordSource, patient_id: str, *, force: bool = False) -> PatientBuildResult:
         started = time.perf_counter()
         index_dir = self.settings.index_dir
         with patient_lock(index_dir, patient_id):
-            source_path = data.record_path(patient_id)
-            source = file_sha256(source_path)
+            source = data.fingerprint(patient_id)
             previous = read_manifest(index_dir, patient_id)
             existed = patient_dir(index_dir, patient_id).exists()
             if not force and previous is not None and previous.build_key() == self.expected_key(source):
@@ -137,7 +150,7 @@ class IndexBuilder:
 
     def build(
         self,
-        data: DataFolder,
+        data: RecordSource,
         patient_ids: list[str] | None = None,
         *,
         force: bool = False,
@@ -158,12 +171,3 @@ class IndexBuilder:
             if on_patient:
                 on_patient(result)
         return BuildReport(results=results, seconds=time.perf_counter() - started)
-
-
-def ensure_index(data: DataFolder, patient_id: str, settings: IndexSettings | None = None,
-                 builder: IndexBuilder | None = None):
-    """Load a patient's index, building it first when it is missing or stale."""
-    builder = builder or IndexBuilder(settings)
-    if not builder.is_current(data, patient_id):
-        builder.build_patient(data, patient_id)
-    return load_index(builder.settings.index_dir, patient_id)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
+
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from cachetools import LRUCache
 
 from medalign_rag.chunking import Chunk, chunk_embedding_lines, chunk_header_text
 from medalign_rag.errors import MedalignError
@@ -44,8 +45,7 @@ def resolve_model_path(name: str) -> str:
 
 @lru_cache(maxsize=2)
 def load_sentence_model(name: str = DEFAULT_EMBEDDING_MODEL):
-    """A SentenceTransformer on the CPU, loaded from local files only."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """A SentenceTransformer on the CPU, loaded from local files only (offline mode is the CLI's to set)."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
@@ -78,7 +78,7 @@ class Embedder:
         self.tokenizer = self.model.tokenizer
         limit = int(getattr(self.model, "max_seq_length", 256) or 256)
         self.window_tokens = min(self.windows.window_tokens, limit) - 2  # [CLS] and [SEP]
-        self._query_cache: dict[str, np.ndarray] = {}
+        self._query_cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=64)
 
     @property
     def dimension(self) -> int:
@@ -131,17 +131,5 @@ class Embedder:
         # dense and hybrid ask for the same query back to back; one small cache saves the second encode
         cached = self._query_cache.get(text)
         if cached is None:
-            import torch
-
-            # One short query gains nothing from a second thread, and on a busy machine two threads stall
-            # (benchmarks/RESULTS.md: 23 ms on one thread against ~500 ms on two under load).
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                cached = self.embed_texts([text])[0]
-            finally:
-                torch.set_num_threads(threads)
-            if len(self._query_cache) >= 64:
-                self._query_cache.pop(next(iter(self._query_cache)))
-            self._query_cache[text] = cached
+            cached = self._query_cache[text] = self.embed_texts([text])[0]
         return cached

@@ -11,22 +11,28 @@ A build writes a fresh folder next to the old one and swaps it in by rename, und
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 from filelock import FileLock
 from pydantic import BaseModel, ValidationError
 
+from medalign_rag.atomic import file_sha256
 from medalign_rag.chunking import Chunk, ChunkingSettings
 from medalign_rag.errors import MedalignError
 from medalign_rag.records.model import check_patient_id
+
+if TYPE_CHECKING:
+    import bm25s
+
+    from medalign_rag.context import EventCosts, RenderCache
+    from medalign_rag.retrieval.temporal import TimeArrays
 
 FORMAT_VERSION = 2  # 2: windows embed entry-grouped event briefs
 MANIFEST = "manifest.json"
@@ -63,6 +69,20 @@ class IndexManifest(BaseModel):
 
 
 @dataclass(eq=False)
+class IndexState:
+    """What later stages derive from a loaded index, built once on first use and dropped with the index.
+
+    Each field is filled by the stage that owns it; deriving the same value twice (two threads at once) is
+    harmless because every value is a pure function of the index.
+    """
+
+    bm25: bm25s.BM25 | None = None  # retrieval.lexical
+    time_arrays: TimeArrays | None = None  # retrieval.temporal
+    render: RenderCache | None = None  # context: each event's line, each encounter's opening tag
+    event_costs: dict[str, EventCosts] = field(default_factory=dict)  # context: per tokenizer name
+
+
+@dataclass(eq=False)
 class PatientIndex:
     """A loaded index: everything retrieval and context assembly need for one patient."""
 
@@ -70,20 +90,11 @@ class PatientIndex:
     chunks: list[Chunk]
     window_chunk: np.ndarray
     vectors: faiss.Index
-    # Per-tokenizer caches that later stages attach (token costs, BM25): they live and die with the index.
-    caches: dict = field(default_factory=dict)
+    state: IndexState = field(default_factory=IndexState)
 
     @property
     def patient_id(self) -> str:
         return self.manifest.patient_id
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def patient_dir(index_dir: Path, patient_id: str) -> Path:
@@ -192,7 +203,3 @@ def cleanup_stale_builds(index_dir: Path) -> None:
             continue
     for leftover in index_dir.glob(".*.old-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-def manifest_json(manifest: IndexManifest) -> str:
-    return json.dumps(manifest.model_dump(mode="json"), indent=2)

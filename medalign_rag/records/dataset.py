@@ -18,7 +18,7 @@ from medalign_rag.records.instructions import read_instruction_table, read_model
 from medalign_rag.records.model import Instruction, ModelResponse, PatientRecord, check_patient_id
 from medalign_rag.records.readers import read_record
 
-__all__ = ["DataFolder", "open_data_folder", "INSTRUCTIONS_FILENAME", "MODEL_RESPONSES_FILENAME", "EHRS_DIRNAME"]
+__all__ = ["DataFolder", "open_data", "open_data_folder", "INSTRUCTIONS_FILENAME", "MODEL_RESPONSES_FILENAME", "EHRS_DIRNAME"]
 
 EHRS_DIRNAME = "ehrs"
 INSTRUCTIONS_FILENAME = "clinician-instruction-responses.tsv"
@@ -64,6 +64,12 @@ class DataFolder:
             raise MedalignError(f"no EHR for patient {patient_id!r}", path=path)
         return path
 
+    def fingerprint(self, patient_id: str) -> str:
+        """What an index or a stored result of this patient is keyed on: the record file's sha256."""
+        from medalign_rag.atomic import file_sha256
+
+        return file_sha256(self.record_path(patient_id))
+
     def load_record(self, patient_id: str) -> PatientRecord:
         return read_record(self.record_path(patient_id), patient_id=patient_id)
 
@@ -93,3 +99,8 @@ def open_data_folder(path: str | os.PathLike) -> DataFolder:
     if any(p.is_file() for p in path.glob("*.xml")):
         return DataFolder(root=path, ehrs_dir=path)
     raise MedalignError(f"no {EHRS_DIRNAME}/ folder and no .xml files in the data folder", path=path)
+
+
+def open_data(path: str | os.PathLike) -> DataFolder:
+    """Open the records at `path` (the front door's name for opening any supported source)."""
+    return open_data_folder(path)

@@ -77,14 +77,42 @@ def render_person(record: PatientRecord) -> str:
     return f"<person>{inner}</person>" if inner else ""
 
 
-def render_events(events: Sequence[Event], *, include_ids: bool = True, indent: str = "    ") -> list[str]:
+# The fixed lines of the layout. Context assembly joins these pieces itself (it renders one record many times
+# per instruction and must not re-escape it each time), so they are defined once, here.
+EVENTS_OPEN = "  <events>"
+EVENTS_CLOSE = "  </events>"
+ENCOUNTER_CLOSE = "</encounter>"
+ENTRY_CLOSE = "    </entry>"
+STREAM_CLOSE = "</eventstream>"
+_EVENT_INDENT = "      "
+
+
+def render_stream_open(patient_id: str) -> str:
+    return f"<eventstream person_id={quoteattr(patient_id)}>"
+
+
+def render_entry_open(stamp: datetime) -> str:
+    return f"    <entry timestamp={quoteattr(format_timestamp(stamp))}>"
+
+
+def render_event_line(event: Event, *, include_ids: bool = True) -> str:
+    """One event as the indented line it is inside `<entry>`."""
+    return _EVENT_INDENT + render_event(event, include_ids=include_ids)
+
+
+def render_events(events: Sequence[Event], *, include_ids: bool = True) -> list[str]:
     """Lines for `<events>` content: consecutive events with one timestamp share an `<entry>`."""
     lines: list[str] = []
     for stamp, group in groupby(events, key=lambda ev: ev.timestamp):
-        lines.append(f"{indent}<entry timestamp={quoteattr(format_timestamp(stamp))}>")
-        lines.extend(f"{indent}  {render_event(ev, include_ids=include_ids)}" for ev in group)
-        lines.append(f"{indent}</entry>")
+        lines.append(render_entry_open(stamp))
+        lines.extend(render_event_line(ev, include_ids=include_ids) for ev in group)
+        lines.append(ENTRY_CLOSE)
     return lines
+
+
+def entry_overhead_text() -> str:
+    """The text an `<entry>` adds around its events (its opening and closing lines), for token costing."""
+    return render_entry_open(datetime(2000, 1, 1)) + "\n" + ENTRY_CLOSE + "\n"
 
 
 def render_encounter(
@@ -99,10 +127,10 @@ def render_encounter(
     lines = [render_encounter_open(encounter, include_ids=include_ids)]
     if person:
         lines.append(f"  {person}")
-    lines.append("  <events>")
+    lines.append(EVENTS_OPEN)
     lines.extend(render_events(events, include_ids=include_ids))
-    lines.append("  </events>")
-    lines.append("</encounter>")
+    lines.append(EVENTS_CLOSE)
+    lines.append(ENCOUNTER_CLOSE)
     return "\n".join(lines)
 
 
@@ -116,7 +144,7 @@ def render_record(
     selection = encounters if encounters is not None else [(enc, enc.events) for enc in record.encounters]
     person = render_person(record)
     body = [render_encounter(enc, evs, include_ids=include_ids, person=person) for enc, evs in selection]
-    return "\n".join([f"<eventstream person_id={quoteattr(record.patient_id)}>", *body, "</eventstream>"]) + "\n"
+    return "\n".join([render_stream_open(record.patient_id), *body, STREAM_CLOSE]) + "\n"
 
 
 def write_release_xml(record: PatientRecord, path, *, include_ids: bool = True) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from datetime import datetime
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from medalign_rag.chunking import Chunk
 from medalign_rag.index.store import PatientIndex
+
+if TYPE_CHECKING:
+    from medalign_rag.index.embedding import Embedder
 
 
 def chunk_node(chunk: Chunk, score: float) -> NodeWithScore:
@@ -38,13 +41,24 @@ def chunk_node(chunk: Chunk, score: float) -> NodeWithScore:
 class PatientRetriever(BaseRetriever):
     """Ranks every eligible chunk of one patient; `top_k` only limits what llama-index callers receive."""
 
-    strategy: str = "base"
+    strategy: str = "base"  # set by @register_retriever
+    # Packing order inside a chunk that does not fit whole: `full` keeps a chunk's newest events (a cut of the
+    # record from the front); ranked strategies keep a chunk's first events.
+    newest_events_first: bool = False
+    # False for baselines whose order is not a relevance ranking (`full`): no recall/nDCG is reported for them.
+    reports_ranking_metrics: bool = True
 
     def __init__(self, index: PatientIndex, *, top_k: int = 10, time_anchor: datetime | None = None) -> None:
         super().__init__()
         self.index = index
         self.top_k = top_k
         self.time_anchor = time_anchor
+
+    @classmethod
+    def create(cls, index: PatientIndex, *, embedder: Embedder | None, time_anchor: datetime | None,
+               gold_event_ids: Iterable[str], top_k: int) -> PatientRetriever:
+        """The registry's uniform constructor; retrievers that need more than the index override it."""
+        return cls(index, top_k=top_k, time_anchor=time_anchor)
 
     def eligible(self, position: int) -> bool:
         """A chunk that starts after the instruction's time anchor holds nothing the clinician could know."""

@@ -9,15 +9,20 @@ import numpy as np
 from medalign_rag.index.embedding import Embedder
 from medalign_rag.index.store import PatientIndex
 from medalign_rag.retrieval.base import PatientRetriever
+from medalign_rag.retrieval.registry import register_retriever
 
 
+@register_retriever("dense", needs_embedder=True)
 class DenseRetriever(PatientRetriever):
-    strategy = "dense"
 
     def __init__(self, index: PatientIndex, embedder: Embedder, *, top_k: int = 10,
                  time_anchor: datetime | None = None) -> None:
         super().__init__(index, top_k=top_k, time_anchor=time_anchor)
         self.embedder = embedder
+
+    @classmethod
+    def create(cls, index, *, embedder, time_anchor, gold_event_ids, top_k) -> "DenseRetriever":
+        return cls(index, embedder, top_k=top_k, time_anchor=time_anchor)
 
     def scores(self, query: str) -> np.ndarray:
         n_chunks = len(self.index.chunks)

@@ -11,6 +11,7 @@ import numpy as np
 from medalign_rag.chunking import Chunk, chunk_header_text, event_search_text
 from medalign_rag.index.store import PatientIndex
 from medalign_rag.retrieval.base import PatientRetriever
+from medalign_rag.retrieval.registry import register_retriever
 
 # bm25s logs every index build at DEBUG; a library that configures root logging would print them all.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -22,17 +23,17 @@ def chunk_search_text(chunk: Chunk) -> str:
 
 def bm25_for(index: PatientIndex) -> bm25s.BM25:
     """BM25 is cheap to build, so it is built on first use and kept with the loaded index."""
-    model = index.caches.get("bm25")
+    model = index.state.bm25
     if model is None:
         corpus = bm25s.tokenize([chunk_search_text(c) for c in index.chunks], stopwords="en", show_progress=False)
         model = bm25s.BM25()
         model.index(corpus, show_progress=False)
-        index.caches["bm25"] = model
+        index.state.bm25 = model
     return model
 
 
+@register_retriever("bm25")
 class BM25Retriever(PatientRetriever):
-    strategy = "bm25"
 
     def __init__(self, index: PatientIndex, *, top_k: int = 10, time_anchor: datetime | None = None) -> None:
         super().__init__(index, top_k=top_k, time_anchor=time_anchor)
