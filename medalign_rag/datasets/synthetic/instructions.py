@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from medalign_rag.datasets.synthetic.notes import iso_day
 from medalign_rag.datasets.synthetic.simulator import Simulator
+from medalign_rag.datasets.synthetic.state import OfficeFact
 from medalign_rag.datasets.synthetic.vocabulary import CONDITIONS, DRUG_BY_CODE, DRUGS, MEASURES
 from medalign_rag.records.model import Event, EventKind, PatientRecord
 from medalign_rag.records.serialize import event_line_numbers, render_record
@@ -204,7 +205,8 @@ class InstructionWriter:
             "medication_history", "retrieve medication information",
             f"Which medications has the patient been prescribed for {spec.med_label}, and when were they started?",
             "; ".join(parts) + ".", [ev.event_id for ev in firsts.values()], self.end,
-            {"condition": key, "ingredients": list(firsts), "starts": [iso_day(ev.timestamp) for ev in firsts.values()]},
+            {"condition": key, "ingredients": list(firsts),
+             "starts": [iso_day(ev.timestamp) for ev in firsts.values()]},
         )
 
     def stay_summary(self) -> Candidate | None:
@@ -220,21 +222,23 @@ class InstructionWriter:
             {"stay": stay.kind, "start": iso_day(stay.start), "end": iso_day(stay.end), "diagnosis": stay.problem.code},
         )
 
-    def office_summary(self) -> Candidate | None:
+    def _old_office_visit(self) -> OfficeFact | None:
         visits = self.sim.office_visits
-        if not visits:
+        return self.rng.choice(self._old_part(visits, 0.5)) if visits else None
+
+    def office_summary(self) -> Candidate | None:
+        visit = self._old_office_visit()
+        if visit is None:
             return None
-        visit = self.rng.choice(self._old_part(visits, 0.5))
         return Candidate(
             "summarize_visit", "retrieve medical history", f"Summarize the office visit of {iso_day(visit.start)}.",
             visit.summary, [visit.note.event_id], self.end, {"date": iso_day(visit.start)},
         )
 
     def blood_pressure(self) -> Candidate | None:
-        visits = self.sim.office_visits
-        if not visits:
+        visit = self._old_office_visit()
+        if visit is None:
             return None
-        visit = self.rng.choice(self._old_part(visits, 0.5))
         return Candidate(
             "vitals_on_date", "retrieve vitals",
             f"What was the patient's blood pressure at the office visit on {iso_day(visit.start)}?",

@@ -20,6 +20,7 @@ from medalign_rag.datasets.synthetic.vocabulary import (
     MEASURES,
     RADIOLOGISTS,
     Acute,
+    Drug,
     Imaging,
 )
 
@@ -71,6 +72,22 @@ def dx_line(key: str, established: bool, vitals: dict[str, float], labs: dict[st
         "hypertension": " Low-sodium diet and home blood pressure log.",
     }.get(key, "")
     return f"New diagnosis of {spec.label} ({spec.code.split('/')[1]}): {evidence}.{med}{extra}"
+
+
+def step_phrase(drug: Drug, *, increase: bool) -> str:
+    """A plan's words for a treatment step: a higher dose of a drug already taken, or a drug added."""
+    return f"Increase {drug.ingredient} to {drug.sig}" if increase else f"Add {drug.ingredient} {drug.sig}"
+
+
+def one_step_line(key: str, name: str, value: float, *, stepped: bool) -> str:
+    """The plan line for a condition treated with one dose step (`simulator.ONE_STEP_TITRATION`)."""
+    if key == "hyperlipidemia":
+        reading = f"{name}: LDL {value:.0f} mg/dL"
+        return f"{reading}, above goal. Increase atorvastatin to 40 mg at bedtime." if stepped else \
+            f"{reading}. Continue atorvastatin."
+    reading = f"{name}: TSH {value:.2f} mIU/L"
+    return f"{reading}, still above range. Increase levothyroxine to 75 mcg daily." if stepped else \
+        f"{reading}, clinically euthyroid. Continue levothyroxine."
 
 
 def med_list(patient: PatientState) -> str:

@@ -25,7 +25,9 @@ from medalign_rag.datasets.synthetic.notes import (
     knee_arthroplasty_note,
     office_note,
     office_summary,
+    one_step_line,
     radiology_report,
+    step_phrase,
     ward_note,
 )
 from medalign_rag.datasets.synthetic.physiology import Physiology
@@ -51,7 +53,9 @@ from medalign_rag.datasets.synthetic.vocabulary import (
     LIPIDS,
     MEASURES,
     NOTE_CODES,
+    ONE_STEP_TITRATION,
     RACES,
+    TREATMENT_LADDERS,
     VITALS,
     Acute,
     Drug,
@@ -199,6 +203,11 @@ class Simulator(PatientState):
             self.active[drug.ingredient] = drug
             self.stopped.pop(drug.ingredient, None)
         return drug
+
+    def _treatment_change(self, enc: EncounterDraft, when: datetime, key: str, drug_key: str | Drug) -> Drug:
+        """Prescribe a new drug or dose for condition `key`; its next change waits a while from now."""
+        self.last_change[key] = when
+        return self._prescribe(enc, when, drug_key)
 
     def _stop(self, ingredient: str, when: datetime, reason: str, support: Sequence[EventDraft] = ()) -> Stop:
         self.active.pop(ingredient)
@@ -450,8 +459,7 @@ class Simulator(PatientState):
             if "lisinopril" in self.active and self.traits["ace_cough"] and (
                 when - self.active_since["lisinopril"]).days >= 90:
                 self._stop("lisinopril", when, "a persistent dry cough attributed to lisinopril")
-                self._prescribe(enc, when, "losartan50")
-                self.last_change[key] = when
+                self._treatment_change(enc, when, key, "losartan50")
                 return (f"{name}: BP {bp}. Persistent dry cough for several weeks, likely ACE inhibitor cough. "
                         "Discontinue lisinopril; start losartan 50 mg daily.")
             sodium = latest("sodium", 120)
@@ -462,98 +470,67 @@ class Simulator(PatientState):
                 return (f"{name}: BP {bp}. Sodium {sodium:.0f} mmol/L, thiazide-associated hyponatremia. "
                         "Discontinue hydrochlorothiazide; recheck electrolytes in two weeks.")
             if (vitals["sbp"] >= 140 or vitals["dbp"] >= 90) and since_change >= 80:
-                step = self._bp_step()
+                step = self._next_step("hypertension")
                 if step is not None:
                     old, new = step
-                    self._prescribe(enc, when, new)
-                    self.last_change[key] = when
-                    drug = DRUGS[new]
-                    verb = f"Increase {drug.ingredient} to {drug.sig}" if old else f"Add {drug.ingredient} {drug.sig}"
-                    return f"{name}: BP {bp}, above goal of 130/80. {verb}."
+                    drug = self._treatment_change(enc, when, key, new)
+                    return f"{name}: BP {bp}, above goal of 130/80. {step_phrase(drug, increase=old is not None)}."
                 return f"{name}: BP {bp}, above goal on maximal tolerated regimen; reinforced low-sodium diet."
             return f"{name}: BP {bp}, at goal. Continue current regimen."
         if key == "t2dm":
             a1c = latest("a1c", 100)
             a1c_text = f"hemoglobin A1c {a1c:.1f}%" if a1c is not None else "no recent A1c"
             if a1c is not None and a1c > 7.5 and since_change >= 120:
-                step = self._diabetes_step()
+                step = self._next_step("t2dm")
                 glargine = self.active.get("insulin glargine")
                 if step is None and glargine is not None and self.glargine_units < 34:
                     self.glargine_units += 4
-                    self._prescribe(enc, when, titrated_glargine(self.glargine_units))
-                    self.last_change[key] = when
+                    self._treatment_change(enc, when, key, titrated_glargine(self.glargine_units))
                     return (f"Type 2 diabetes mellitus: {a1c_text}, above goal of 7%. Increase insulin glargine to "
                             f"{self.glargine_units} units at bedtime; review fasting glucose log.")
                 if step is not None:
                     old, new = step
-                    self._prescribe(enc, when, new)
-                    self.last_change[key] = when
-                    drug = DRUGS[new]
-                    verb = f"Increase {drug.ingredient} to {drug.sig}" if old else f"Add {drug.ingredient} {drug.sig}"
-                    return f"Type 2 diabetes mellitus: {a1c_text}, above goal of 7%. {verb}."
+                    drug = self._treatment_change(enc, when, key, new)
+                    return (f"Type 2 diabetes mellitus: {a1c_text}, above goal of 7%. "
+                            f"{step_phrase(drug, increase=old is not None)}.")
             goal = "at goal" if a1c is not None and a1c <= 7.0 else "near goal" if a1c is not None else "due for A1c"
             return f"Type 2 diabetes mellitus: {a1c_text}, {goal}. Continue current regimen; foot care reviewed."
-        if key == "hyperlipidemia":
-            ldl = latest("ldl", 120)
-            if ldl is not None and ldl > 100 and "atorvastatin" in self.active and \
-                    self.active["atorvastatin"].key == "atorvastatin20" and since_change >= 180:
-                self._prescribe(enc, when, "atorvastatin40")
-                self.last_change[key] = when
-                return f"{name}: LDL {ldl:.0f} mg/dL, above goal. Increase atorvastatin to 40 mg at bedtime."
-            if ldl is not None:
-                return f"{name}: LDL {ldl:.0f} mg/dL. Continue atorvastatin."
-            return ""
-        if key == "hypothyroidism":
-            tsh = latest("tsh", 120)
-            if tsh is not None and tsh > 4.5 and "levothyroxine" in self.active and \
-                    self.active["levothyroxine"].key == "levothyroxine50" and since_change >= 60:
-                self._prescribe(enc, when, "levothyroxine75")
-                self.last_change[key] = when
-                return f"{name}: TSH {tsh:.2f} mIU/L, still above range. Increase levothyroxine to 75 mcg daily."
-            if tsh is not None:
-                return f"{name}: TSH {tsh:.2f} mIU/L, clinically euthyroid. Continue levothyroxine."
-            return ""
+        if key in ONE_STEP_TITRATION:
+            lab, limit, low, high, wait_days = ONE_STEP_TITRATION[key]
+            value = latest(lab, 120)
+            if value is None:
+                return ""
+            current = self.active.get(DRUGS[low].ingredient)
+            stepped = value > limit and current is not None and current.key == low and since_change >= wait_days
+            if stepped:
+                self._treatment_change(enc, when, key, high)
+            return one_step_line(key, name, value, stepped=stepped)
         if key == "ckd":
             egfr = latest("egfr", 200)
             text = f"eGFR {egfr:.0f} mL/min/1.73m2" if egfr is not None else "renal function stable"
             return f"{self._condition_code('ckd')[1]}: {text}. Avoid NSAIDs; continue blood pressure control."
         if key == "copd" and "tiotropium" not in self.active and any(
                 s.problem.key == "copd_exacerbation" for s in self.stays):
-            self._prescribe(enc, when, "tiotropium")
-            self.last_change[key] = when
+            self._treatment_change(enc, when, key, "tiotropium")
             return f"{name}: recent exacerbation. Start tiotropium inhaler once daily as maintenance."
         if self.rng.random() < 0.6:
             return f"{name}: stable. Continue current management."
         return ""
 
-    def _bp_step(self) -> tuple[str | None, str] | None:
-        active = self.active
-        if "lisinopril" not in active and "losartan" not in active:
-            return (None, "losartan50" if "lisinopril" in self.stopped else "lisinopril10")
-        if active.get("lisinopril") is DRUGS["lisinopril10"]:
-            return ("lisinopril10", "lisinopril20")
-        if "amlodipine" not in active:
-            return (None, "amlodipine5")
-        if active["amlodipine"] is DRUGS["amlodipine5"]:
-            return ("amlodipine5", "amlodipine10")
-        if "hydrochlorothiazide" not in active and "hydrochlorothiazide" not in self.stopped:
-            return (None, "hctz25")
+    def _next_step(self, condition: str) -> tuple[str | None, str] | None:
+        """The first rung of the condition's treatment ladder that applies: (product it replaces, product)."""
+        for rung in TREATMENT_LADDERS[condition]:
+            drug = DRUGS[rung.product]
+            if rung.replaces is not None:
+                if self.active.get(drug.ingredient) is DRUGS[rung.replaces]:
+                    return rung.replaces, rung.product
+            elif not any(name in self.active for name in (drug.ingredient, *rung.alternatives)) and \
+                    drug.ingredient not in self.stopped and not self._contraindicated(drug):
+                return None, rung.product
         return None
 
-    def _diabetes_step(self) -> tuple[str | None, str] | None:
-        active = self.active
-        if "metformin" not in active:
-            return (None, "metformin500")
-        if active["metformin"] is DRUGS["metformin500"]:
-            return ("metformin500", "metformin1000")
-        if "glipizide" not in active and "glipizide" not in self.stopped:
-            return (None, "glipizide5")
-        if "empagliflozin" not in active and self.latest.get("egfr", (None, 90.0))[1] >= 30:
-            return (None, "empagliflozin10")
-        if "insulin glargine" not in active:
-            return (None, "glargine")
-        return None
-
+    def _contraindicated(self, drug: Drug) -> bool:
+        return drug.ingredient == "empagliflozin" and self.latest.get("egfr", (None, 90.0))[1] < 30
 
     def _lab_visit(self, start: datetime) -> datetime:
         enc = self._open("Laboratory Visit", start)
@@ -617,12 +594,7 @@ class Simulator(PatientState):
 
         admit = rng.random() < problem.admit_prob
         changes: list[str] = []
-        if problem.key == "hypoglycemia" and "glipizide" in self.active:
-            stop = self._stop("glipizide", start, "hypoglycemia requiring an emergency visit",
-                              [self.latest["glucose"][2]])
-            changes.append("Glipizide discontinued because of hypoglycemia.")
-        else:
-            stop = None
+        stop = self._hypoglycemia_stop(problem, start, "an emergency visit", changes)
         t_note = start + timedelta(minutes=150)
         end = start + timedelta(minutes=rng.choice((200, 240, 270, 300)))
         if not admit:
@@ -641,6 +613,13 @@ class Simulator(PatientState):
         summary = ed_visit_summary(start, problem, labs, impression, changes)
         self.stays.append(Stay("emergency", start, end, problem, summary, diagnosis, note))
         return end
+
+    def _hypoglycemia_stop(self, problem: Acute, when: datetime, setting: str, changes: list[str]) -> Stop | None:
+        """Glipizide is stopped when it caused a hypoglycemia that needed `setting`; the visit's note says so."""
+        if problem.key != "hypoglycemia" or "glipizide" not in self.active:
+            return None
+        changes.append("Glipizide discontinued because of hypoglycemia.")
+        return self._stop("glipizide", when, f"hypoglycemia requiring {setting}", [self.latest["glucose"][2]])
 
     def _diagnose_from_stay(self, key: str, enc: EncounterDraft, when: datetime, changes: list[str]) -> None:
         if key in self.diagnosed:
@@ -744,12 +723,7 @@ class Simulator(PatientState):
             self._prescribe(enc, end - timedelta(minutes=30), drug_key, chronic=False)
         if problem.key == "new_afib":
             self._diagnose_from_stay("atrial_fibrillation", enc, end - timedelta(minutes=30), changes)
-        if problem.key == "hypoglycemia" and "glipizide" in self.active:
-            stop = self._stop("glipizide", start, "hypoglycemia requiring hospital admission",
-                              [self.latest["glucose"][2]])
-            changes.append("Glipizide discontinued because of hypoglycemia.")
-        else:
-            stop = None
+        stop = self._hypoglycemia_stop(problem, start, "hospital admission", changes)
         if problem.key == "gi_bleed":
             self.bleed_at = end
         self._procedure(enc, end - timedelta(minutes=20), *E_AND_M["discharge"])

@@ -200,6 +200,42 @@ for _drug in DRUGS.values():
 
 
 @dataclass(frozen=True)
+class Rung:
+    """A step of a treatment ladder: start `product`, or raise to it from the lower dose `replaces`."""
+
+    product: str
+    replaces: str | None = None
+    alternatives: tuple[str, ...] = ()  # ingredients that, when taken, make starting `product` unnecessary
+
+
+# The first rung that applies is the next step when a condition stays above goal. A product is only started when
+# neither it nor an alternative is taken and it was not stopped for a reason.
+TREATMENT_LADDERS: dict[str, tuple[Rung, ...]] = {
+    "hypertension": (
+        Rung("lisinopril10", alternatives=("losartan",)),
+        Rung("losartan50", alternatives=("lisinopril",)),
+        Rung("lisinopril20", replaces="lisinopril10"),
+        Rung("amlodipine5"),
+        Rung("amlodipine10", replaces="amlodipine5"),
+        Rung("hctz25"),
+    ),
+    "t2dm": (
+        Rung("metformin500"),
+        Rung("metformin1000", replaces="metformin500"),
+        Rung("glipizide5"),
+        Rung("empagliflozin10"),
+        Rung("glargine"),
+    ),
+}
+# Conditions followed by one lab and treated with one dose step: the lab, the value above which the low dose is
+# stepped up, the low and high products, and the days since the last treatment change before it is.
+ONE_STEP_TITRATION = {
+    "hyperlipidemia": ("ldl", 100.0, "atorvastatin20", "atorvastatin40", 180),
+    "hypothyroidism": ("tsh", 4.5, "levothyroxine50", "levothyroxine75", 60),
+}
+
+
+@dataclass(frozen=True)
 class Condition:
     key: str
     code: str
