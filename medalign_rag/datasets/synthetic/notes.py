@@ -452,10 +452,14 @@ class CopyForward:
     """Copied-forward notes: real notes repeat large spans of the patient's earlier notes.
 
     With probability `share`, a note opens (after its own header of title and date) with a contiguous span of 60-90%
-    of the body of the patient's previous note of the same kind, then goes on with its own new text. Spans are taken
-    from the previous note's own new text, never from text it copied itself, so every copied span has exactly one
-    source: the earlier note that first wrote it. The decisions come from their own random stream, so turning copying
-    on leaves the simulation's draws (values, events, wording) as they were.
+    of the body of the patient's previous note of the same kind (office progress note, ward note, discharge summary,
+    ...), then goes on with its own new text; the first note of each kind has nothing to copy. Spans are taken from
+    the previous note's own new text, never from text it copied itself, so every copied span has exactly one source:
+    the earlier note that first wrote it, which is the one instructions cite as evidence.
+
+    The decisions come from their own random stream, so the patient's stream is not shifted; the record still
+    differs from the one without copies after the first copy, because copied text counts toward the record's target
+    length (fewer encounters fit).
     """
 
     def __init__(self, rng: random.Random, share: float) -> None:
