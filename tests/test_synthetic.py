@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
 import re
 from datetime import datetime
@@ -22,7 +23,7 @@ from medalign_rag.errors import MedalignError
 from medalign_rag.records.instructions import read_instruction_table
 from medalign_rag.records.model import Event, EventKind, Instruction, PatientRecord
 from medalign_rag.records.readers import read_record
-from medalign_rag.records.serialize import render_record
+from medalign_rag.records.serialize import event_line_numbers, render_record
 from medalign_rag.tokenization import default_counter
 
 A1C = "LOINC/4548-4"
@@ -59,6 +60,18 @@ def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
     first, second = _file_bytes(tmp_path / "a"), _file_bytes(tmp_path / "b")
     assert sorted(first) == [INSTRUCTIONS_FILENAME] + [f"ehrs/synth-000{i}.xml" for i in range(1, 6)]
     assert first == second
+
+
+def test_default_cohort_is_unchanged_by_the_copy_forward_option(tmp_path: Path) -> None:
+    """The files from before `copy_forward` existed (digest of seed 3's records), with the option off or omitted."""
+    generate_cohort(tmp_path / "omitted", n_patients=3, seed=3)
+    generate_cohort(tmp_path / "off", n_patients=3, seed=3, copy_forward=0.0)
+    assert _file_bytes(tmp_path / "omitted") == _file_bytes(tmp_path / "off")
+    digest = hashlib.sha256()
+    for path in sorted((tmp_path / "off" / "ehrs").glob("*.xml")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    assert digest.hexdigest() == "0d7b7dd672da62ec6176a22d29fec32284d669c0b1f4362ab6a5f54298ea3458"
 
 
 def test_different_seeds_give_different_cohorts(tmp_path: Path) -> None:
@@ -318,6 +331,23 @@ def test_evidence_depth_metadata_matches_the_record(cohort) -> None:
             assert item.metadata["evidence_depth"] == pytest.approx(oldest / total, abs=1e-4)
 
 
+def test_event_line_numbers_point_at_each_events_line(cohort) -> None:
+    """`evidence_depths` weighs lines by `event_line_numbers`; notes span several lines, so count them right."""
+    _, _, records, _ = cohort
+    record = records["synth-0001"]
+    events = _events(record)
+    assert any("\n" in (ev.text or "") for ev in events)
+    for include_ids in (True, False):
+        lines = render_record(record, include_ids=include_ids).split("\n")
+        numbers = event_line_numbers(record, include_ids=include_ids)
+        assert len(numbers) == len(events)
+        for event, number in zip(events, numbers):
+            line = lines[number].strip()
+            assert line.startswith("<event ") and f'name="{event.name}"' in line
+            if include_ids:
+                assert line.startswith(f'<event id="{event.event_id}"')
+
+
 def test_evidence_sits_at_varied_depths(cohort) -> None:
     """Cutting to the most recent 2k-32k tokens must lose a real share of the answers, but not all of them."""
     _, summary, _, instructions = cohort
@@ -348,3 +378,84 @@ def test_unknown_tier_and_unsafe_id_are_refused() -> None:
         generate_patient(random.Random(1), "synth-0001", length_tier="gigantic")
     with pytest.raises(MedalignError):
         generate_patient(random.Random(1), "../escape", length_tier="short")
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.3"])
+def test_bad_copy_forward_share_is_refused(tmp_path: Path, bad) -> None:
+    with pytest.raises(MedalignError, match="copy_forward"):
+        generate_cohort(tmp_path, n_patients=1, copy_forward=bad)
+
+
+# ---------------------------------------------------------------------------------------- copied-forward notes
+
+SHINGLE_WORDS = 8
+
+
+def _shingles(text: str) -> set[tuple[str, ...]]:
+    words = text.split()
+    return {tuple(words[i:i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)}
+
+
+def _share_repeating_the_previous_note(records: dict[str, PatientRecord], overlap: float) -> float:
+    """Share of notes that repeat at least `overlap` of the shingles of the patient's previous note of their kind."""
+    repeating = compared = 0
+    for record in records.values():
+        previous: dict[str, set] = {}
+        for event in _events(record):
+            if event.kind is not EventKind.note:
+                continue
+            shingles = _shingles(event.text)
+            before = previous.get(event.name)
+            if before:
+                compared += 1
+                repeating += len(before & shingles) / len(before) >= overlap
+            previous[event.name] = shingles
+    return repeating / compared
+
+
+@pytest.fixture(scope="module")
+def copied_cohort(tmp_path_factory) -> tuple[dict[str, PatientRecord], list[Instruction]]:
+    out = tmp_path_factory.mktemp("copied-forward-cohort")
+    generate_cohort(out, n_patients=20, seed=7, copy_forward=0.3)
+    records = {path.stem: read_record(path) for path in sorted((out / "ehrs").glob("*.xml"))}
+    return records, read_instruction_table(out / INSTRUCTIONS_FILENAME)
+
+
+def test_copy_forward_makes_near_duplicate_note_spans(cohort, copied_cohort) -> None:
+    """Templated notes already repeat some text; copying forward makes far more notes near-copies of the last one."""
+    _, _, records, _ = cohort
+    copied_records, _ = copied_cohort
+    plain = _share_repeating_the_previous_note(records, 0.6)
+    copied = _share_repeating_the_previous_note(copied_records, 0.6)
+    assert plain < 0.08
+    assert copied > 0.15 and copied > 3 * plain
+
+
+def test_copied_forward_cohort_keeps_gold_evidence_on_the_first_note(copied_cohort) -> None:
+    records, instructions = copied_cohort
+    copied_evidence = 0
+    for item in instructions:
+        record = records[item.patient_id]
+        _check_answer(item, record)
+        events = _events(record)
+        position = {ev.event_id: index for index, ev in enumerate(events)}
+        for source_id, copy_ids in item.metadata["evidence_copied_to"].items():
+            assert source_id in item.evidence_event_ids
+            source = events[position[source_id]]
+            for copy_id in copy_ids:
+                copy = events[position[copy_id]]
+                copied_evidence += 1
+                # a later note of the same kind that repeats a span of the evidence note's body
+                assert position[copy_id] > position[source_id] and copy.timestamp >= source.timestamp
+                assert copy.name == source.name and copy.text != source.text
+                assert len(_shingles(source.text) & _shingles(copy.text)) >= 5
+        if item.metadata["template"] == "medication_stopped":
+            # the line that says why the drug was stopped is first written in the evidence note
+            note = events[position[item.evidence_event_ids[0]]]
+            (line,) = [line for line in note.text.splitlines()
+                       if re.search(r"discontinu", line, re.IGNORECASE)
+                       and item.metadata["ingredient"].lower() in line.lower()][:1]
+            first = next(ev for ev in events if ev.kind is EventKind.note and line in ev.text)
+            assert first.event_id == note.event_id
+    assert copied_evidence >= 3
+

@@ -152,3 +152,24 @@ def write_release_xml(record: PatientRecord, path, *, include_ids: bool = True) 
     from medalign_rag.atomic import atomic_write_text
 
     atomic_write_text(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + render_record(record, include_ids=include_ids))
+
+
+def event_line_numbers(record: PatientRecord, *, include_ids: bool = True) -> list[int]:
+    """Index of each event's first line in `render_record(record, include_ids=...).split("\\n")`, in record order.
+
+    For callers that weigh a rendering line by line (how far an event sits from the record's end) without matching
+    on the layout's indentation: the layout stays this module's business. A note's text may span several lines.
+    """
+    numbers: list[int] = []
+    line = 1  # after <eventstream>
+    encounter_header = 3 if render_person(record) else 2  # <encounter>, <person>, <events>
+    for encounter in record.encounters:
+        line += encounter_header
+        for _, group in groupby(encounter.events, key=lambda ev: ev.timestamp):
+            line += 1  # <entry>
+            for event in group:
+                numbers.append(line)
+                line += 1 + render_event(event, include_ids=include_ids).count("\n")
+            line += 1  # </entry>
+        line += 2  # </events>, </encounter>
+    return numbers
