@@ -71,11 +71,14 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Folder to write ehrs/*.xml and the instruction table into."),
     patients: int = typer.Option(20, "--patients", min=1, help="Number of synthetic patients."),
     seed: int = typer.Option(7, "--seed", help="Random seed: the same seed gives byte-identical files."),
+    copy_forward: float = typer.Option(
+        0.0, "--copy-forward", min=0.0, max=1.0,
+        help="Share of notes that start with a copy of the patient's previous note of that kind, as real notes do."),
 ) -> None:
     """Write a deterministic synthetic cohort in MedAlign's release layout."""
     from medalign_rag.datasets.synthetic import generate_cohort
 
-    summary = generate_cohort(out, n_patients=patients, seed=seed, progress=True)
+    summary = generate_cohort(out, n_patients=patients, seed=seed, progress=True, copy_forward=copy_forward)
     console.print(f"wrote {patients} patients and {summary.n_instructions} instructions to {out}")
 
 

@@ -101,7 +101,8 @@ class Embedder:
                 if current:
                     windows.append(header + "\n" + "\n".join(current))
                     current, used = [], 0
-                step = room - self.windows.overlap_tokens
+                # a long header leaves little room: the overlap shrinks with it, so windows always advance
+                step = room - min(self.windows.overlap_tokens, room // 2)
                 for begin in range(0, n, step):
                     span = offsets[begin : begin + room]
                     windows.append(header + "\n" + line[span[0][0] : span[-1][1]])

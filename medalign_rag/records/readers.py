@@ -1,6 +1,6 @@
 """Read a patient's EHR XML in either MedAlign layout into a PatientRecord.
 
-Two layouts exist (see docs/formats.md): the paper's `<record><visit><day>` markup with `[VOCAB/CODE] name value
+Two layouts exist (see docs/formats.md, section 1 and 2): the paper's `<record><visit><day>` markup with `[VOCAB/CODE] name value
 unit` code lines, and the data release's `<eventstream><encounter><events><entry><event>` markup, which is also
 what `serialize.write_release_xml` writes. `read_record` picks the layout from the root element.
 
