@@ -1,8 +1,8 @@
-import re
 """The ablation runner on a small synthetic cohort: outputs, resume after an interruption, honest goal line."""
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -126,3 +126,42 @@ def test_bench_reports_agreement_with_clinician_ranks(tmp_path):
     notes = _clinician_agreement(open_data_folder(tmp_path), config)
     assert len(notes) == 2
     assert all("Kendall's tau 1.000" in note and "3 instructions" in note for note in notes)
+
+
+@pytest.mark.slow
+def test_bench_answers_with_a_real_model_through_the_one_answer_path(config, tmp_path):
+    """bench and ask share Pipeline.prepare/complete: the bench item and a direct Pipeline.answer for the same
+    request see the same context, and the local model (SmolLM2 on the CPU) really answers."""
+    pytest.importorskip("transformers")
+    from medalign_rag.generation import create_generator
+    from medalign_rag.generation.local import find_smollm2_gguf
+    from medalign_rag.pipeline import AnswerRequest, Pipeline
+    from medalign_rag.records.dataset import open_data
+
+    try:
+        find_smollm2_gguf()
+    except MedalignError as error:
+        pytest.skip(str(error))
+    generator = create_generator("local", cache_dir=tmp_path / "models", batch_size=2, threads=1)
+    try:
+        answered = config.model_copy(update={"strategies": ["full", "temporal"], "budgets": [2048],
+                                             "answer_max_instructions": 1, "max_instructions": 2,
+                                             "max_new_tokens": 16})
+        run_ablation(answered, tmp_path / "run", generator=generator)
+        items = read_results(tmp_path / "run" / "results.jsonl")
+        with_answers = [i for i in items if i["answer"] is not None]
+        assert len(with_answers) == 2 and all(i["backend"] == generator.name for i in with_answers)
+        assert all(0 < i["completion_tokens"] <= 16 and i["prompt_tokens"] <= 2048 for i in with_answers)
+
+        item = with_answers[0]
+        data = open_data(config.data)
+        instruction = {i.instruction_id: i for i in data.instructions()}[item["instruction_id"]]
+        pipeline = Pipeline(data, config.index, generator=generator, max_new_tokens=16)
+        [direct] = pipeline.answer([AnswerRequest(patient_id=instruction.patient_id, question=instruction.question,
+                                                  strategy=item["strategy"], budget=2048,
+                                                  time_anchor=instruction.time_anchor)])
+        assert direct.context_tokens == item["context_tokens"]
+        assert direct.prompt_tokens == item["prompt_tokens"]
+        assert direct.answer == item["answer"], "greedy decoding of the same prompt gives the same answer"
+    finally:
+        generator.close()

@@ -69,6 +69,23 @@ class Generator(ABC):
         self.close()
 
 
+class ChatTemplateMixin:
+    """For backends that hold a Hugging Face tokenizer (`_hf_tokenizer`) with the model's chat template."""
+
+    _hf_tokenizer: Any
+
+    def chat_text(self, prompt: str) -> str:
+        """`prompt` as the model reads it: wrapped in its chat template, ready for the assistant's turn."""
+        return str(
+            self._hf_tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+        )
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        return len(self._hf_tokenizer.encode(self.chat_text(prompt), add_special_tokens=False))
+
+
 def check_generation_arguments(prompts: list[str], max_tokens: int, temperature: float) -> None:
     """Shared argument checks, so every backend rejects the same bad calls with the same words."""
     if isinstance(prompts, str):

@@ -30,6 +30,7 @@ from pydantic import Field
 from medalign_rag.errors import MedalignError
 from medalign_rag.generation.base import (
     BackendOptions,
+    ChatTemplateMixin,
     GenerationResult,
     Generator,
     check_generation_arguments,
@@ -164,7 +165,7 @@ class LocalOptions(BackendOptions):
 
 
 @register_backend("local")
-class LocalGenerator(Generator):
+class LocalGenerator(ChatTemplateMixin, Generator):
     """transformers on CPU; SmolLM2-135M-Instruct (context 8192 tokens) unless `model=` names another."""
 
     Options = LocalOptions
@@ -237,17 +238,6 @@ class LocalGenerator(Generator):
         if isinstance(im_end, int) and im_end != self._hf_tokenizer.unk_token_id:
             ids.add(im_end)
         return sorted(i for i in ids if isinstance(i, int))
-
-    def chat_text(self, prompt: str) -> str:
-        """`prompt` as the model reads it: wrapped in its chat template, ready for the assistant's turn."""
-        return str(
-            self._hf_tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-        )
-
-    def count_prompt_tokens(self, prompt: str) -> int:
-        return len(self._hf_tokenizer.encode(self.chat_text(prompt), add_special_tokens=False))
 
     def generate(
         self, prompts: list[str], *, max_tokens: int = 256, temperature: float = 0.0

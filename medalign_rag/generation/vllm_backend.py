@@ -14,6 +14,7 @@ from pydantic import Field
 from medalign_rag.errors import MedalignError
 from medalign_rag.generation.base import (
     BackendOptions,
+    ChatTemplateMixin,
     GenerationResult,
     Generator,
     check_generation_arguments,
@@ -39,7 +40,7 @@ class VLLMOptions(BackendOptions):
 
 
 @register_backend("vllm")
-class VLLMGenerator(Generator):
+class VLLMGenerator(ChatTemplateMixin, Generator):
     """vllm.LLM in this process; `context_length` is the engine's max_model_len."""
 
     Options = VLLMOptions
@@ -86,16 +87,6 @@ class VLLMGenerator(Generator):
         if self.options.max_model_len is not None:
             return self.options.max_model_len
         raise MedalignError(f"vLLM did not report model {self.options.model!r}'s context length; set max_model_len")
-
-    def _chat_text(self, prompt: str) -> str:
-        return str(
-            self._hf_tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-        )
-
-    def count_prompt_tokens(self, prompt: str) -> int:
-        return len(self._hf_tokenizer.encode(self._chat_text(prompt), add_special_tokens=False))
 
     def generate(
         self, prompts: list[str], *, max_tokens: int = 256, temperature: float = 0.0
