@@ -363,6 +363,49 @@ def convert_fhir(
     _convert_fhir(tasks, data, src, meds)
 
 
+@app.command()
+def serve(
+    data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml)."),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="Where indexes live (default: indexes/)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML run config for backend and index options."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="local, openai, vllm, or none (context and citations only). Default: the config's, "
+        "else local."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond loopback only with a token."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    token: Optional[str] = typer.Option(
+        None, "--token", help="Bearer token every /api request must carry (or $MEDALIGN_RAG_TOKEN).",
+        show_default=False),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """An HTTP API and a web page: pick a patient, read the timeline, ask, click through to the cited events."""
+    from medalign_rag.config import load_run_config, make_generator
+    from medalign_rag.generation.prompt import load_prompt_template
+    from medalign_rag.pipeline import Pipeline
+    from medalign_rag.serve import check_bind, create_app, run_server
+    from medalign_rag.serve.server import resolve_token
+
+    token = resolve_token(token)
+    check_bind(host, token)  # before the models load, which takes a while
+    run = load_run_config(config) if config else None
+    backend = backend or (run.backend if run is not None else "local")
+    source = open_data(data)
+    settings = run.index if run is not None else _index_settings(None)
+    if index_dir is not None:
+        settings.index_dir = index_dir
+    with console.status(f"loading the {backend} backend and the embedding model"):
+        generator = None if backend == "none" else make_generator(backend, run)
+        pipeline = Pipeline(
+            source, settings, generator=generator,
+            prompt_template=load_prompt_template(run.prompt_template) if run is not None and run.prompt_template
+            else None,
+            reserve_tokens=run.reserve_tokens if run is not None else 256,
+            max_new_tokens=run.max_new_tokens if run is not None else 256,
+        )
+        pipeline.builder.embedder  # load it now, not on the first question
+    run_server(create_app(pipeline, source, token=token), host=host, port=port, token=token, log_level=log_level)
+
+
 def set_process_environment() -> None:
     """Process-wide settings, set once at the entry point before any model library is imported: records are
     PHI and machines may be offline, so no command may reach a model hub (a hub name that is not on disk is an

@@ -5,7 +5,10 @@ Importing this package is cheap: backends (torch, transformers, httpx, vllm) loa
 
 from medalign_rag.generation.base import (
     BackendOptions,
+    GenerationFailed,
     GenerationResult,
+    GenerationStream,
+    GenerationTimeout,
     Generator,
     create_generator,
     known_backends,
@@ -15,7 +18,10 @@ from medalign_rag.generation.prompt import PromptTemplate, load_prompt_template
 
 __all__ = [
     "BackendOptions",
+    "GenerationFailed",
     "GenerationResult",
+    "GenerationStream",
+    "GenerationTimeout",
     "Generator",
     "PromptTemplate",
     "create_generator",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Generator as PythonGenerator, Iterator
 from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,6 +28,44 @@ class GenerationResult(BaseModel):
     latency_s: float = Field(ge=0.0)
 
 
+class GenerationFailed(MedalignError):
+    """The answering model could not answer: server down or unreachable, or it failed while answering.
+
+    A server maps it to 502; the input was fine, the backend was not.
+    """
+
+
+class GenerationTimeout(GenerationFailed):
+    """The answering model did not answer in time (a server maps it to 504)."""
+
+
+class GenerationStream(Iterator[str]):
+    """An answer as it is produced: iterate for text pieces; `result` holds the whole answer once exhausted.
+
+    Wraps a Python generator that yields the pieces and *returns* the final GenerationResult (token counts
+    included), so each backend writes its streaming loop as one plain function.
+    """
+
+    def __init__(self, pieces: PythonGenerator[str, None, GenerationResult]) -> None:
+        self._pieces = pieces
+        #: The complete answer, set when the stream is exhausted (None before, or when closed early).
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration as finished:
+            self.result = finished.value
+            raise
+
+    def close(self) -> None:
+        """Stop early (e.g. the client went away); the backend stops producing as soon as it can."""
+        self._pieces.close()
+
+
 class BackendOptions(BaseModel):
     """Base for each backend's options: unknown keys are an error, not silently ignored."""
 
@@ -45,12 +83,26 @@ class Generator(ABC):
     name: str
     tokenizer: TokenCounter
     context_length: int
+    #: True when `stream()` yields pieces as the model produces them (not just the finished answer at the end).
+    supports_streaming: ClassVar[bool] = False
 
     @abstractmethod
     def generate(
         self, prompts: list[str], *, max_tokens: int = 256, temperature: float = 0.0
     ) -> list[GenerationResult]:
         """Answer every prompt; results come back in the order of `prompts`."""
+
+    def stream(self, prompt: str, *, max_tokens: int = 256, temperature: float = 0.0) -> GenerationStream:
+        """Answer one prompt piece by piece. This default answers with `generate` and yields the whole text once;
+        backends that can stream override it (and set `supports_streaming`)."""
+        check_generation_arguments([prompt], max_tokens, temperature)
+
+        def whole_answer() -> PythonGenerator[str, None, GenerationResult]:
+            result = self.generate([prompt], max_tokens=max_tokens, temperature=temperature)[0]
+            yield result.text
+            return result
+
+        return GenerationStream(whole_answer())
 
     def count_prompt_tokens(self, prompt: str) -> int:
         """Tokens the model will read for `prompt`, chat template included where the backend knows it.

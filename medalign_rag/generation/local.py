@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,9 @@ from medalign_rag.errors import MedalignError
 from medalign_rag.generation.base import (
     BackendOptions,
     ChatTemplateMixin,
+    GenerationFailed,
     GenerationResult,
+    GenerationStream,
     Generator,
     check_generation_arguments,
     register_backend,
@@ -268,22 +271,11 @@ class LocalGenerator(ChatTemplateMixin, Generator):
 
     def _generate_batch(self, chat_texts: list[str], max_tokens: int, temperature: float) -> list[GenerationResult]:
         torch = self._torch
-        from transformers import GenerationConfig
 
         started = time.perf_counter()
         encoded = self._hf_tokenizer(chat_texts, add_special_tokens=False, padding=True, return_tensors="pt")
         input_length = encoded["input_ids"].shape[1]
-        room = self.context_length - input_length
-        sampling: dict[str, Any] = {"do_sample": False}
-        if temperature > 0:
-            torch.manual_seed(self.options.seed)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
-        config = GenerationConfig(
-            max_new_tokens=min(max_tokens, room),
-            pad_token_id=self._hf_tokenizer.pad_token_id,
-            eos_token_id=self._stop_ids,
-            **sampling,
-        )
+        config = self._generation_config(max_tokens, temperature, room=self.context_length - input_length)
         with torch.inference_mode(), self._thread_limit():
             output = self._model.generate(**encoded, generation_config=config)
         latency = time.perf_counter() - started
@@ -304,6 +296,98 @@ class LocalGenerator(ChatTemplateMixin, Generator):
                 )
             )
         return results
+
+    def _generation_config(self, max_tokens: int, temperature: float, *, room: int):
+        from transformers import GenerationConfig
+
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature > 0:
+            self._torch.manual_seed(self.options.seed)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+        return GenerationConfig(
+            max_new_tokens=min(max_tokens, room),
+            pad_token_id=self._hf_tokenizer.pad_token_id,
+            eos_token_id=self._stop_ids,
+            **sampling,
+        )
+
+    # -- streaming ----------------------------------------------------------------------------------
+
+    supports_streaming = True
+
+    def stream(self, prompt: str, *, max_tokens: int = 256, temperature: float = 0.0) -> GenerationStream:
+        """One prompt, decoded piece by piece (transformers' TextIteratorStreamer); greedy at temperature 0, so the
+        pieces join to the text `generate` gives for the same prompt."""
+        check_generation_arguments([prompt], max_tokens, temperature)
+        if self._model is None:
+            raise MedalignError(f"generator {self.name!r} is closed")
+        return GenerationStream(self._stream_one(prompt, max_tokens, temperature))
+
+    def _stream_one(self, prompt: str, max_tokens: int, temperature: float):
+        torch = self._torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        started = time.perf_counter()
+        encoded = self._hf_tokenizer([self.chat_text(prompt)], add_special_tokens=False, return_tensors="pt")
+        input_length = int(encoded["input_ids"].shape[1])
+        if input_length >= self.context_length:
+            raise MedalignError(
+                f"prompt 0 has {input_length} tokens with its chat template; model {self.name!r} reads at most "
+                f"{self.context_length}: shrink the context budget"
+            )
+        config = self._generation_config(max_tokens, temperature, room=self.context_length - input_length)
+        stop_ids = set(self._stop_ids)
+        counted = {"completion_tokens": 0}
+        cancelled = threading.Event()
+
+        class CountingStreamer(TextIteratorStreamer):
+            """Also counts the answer's tokens (the stop token excluded, as `generate` does)."""
+
+            def put(self, value) -> None:
+                if not (self.skip_prompt and self.next_tokens_are_prompt):
+                    counted["completion_tokens"] += sum(1 for t in value.reshape(-1).tolist() if t not in stop_ids)
+                super().put(value)
+
+        class StopWhenCancelled(StoppingCriteria):
+            # The consumer closed the stream: stop decoding instead of finishing an answer nobody reads.
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool)
+
+        streamer = CountingStreamer(self._hf_tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failures: list[BaseException] = []
+
+        def decode() -> None:
+            try:
+                with torch.inference_mode(), self._thread_limit():
+                    self._model.generate(
+                        **encoded,
+                        generation_config=config,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
+                    )
+            except BaseException as error:  # reported to the consumer below, not lost in the thread
+                failures.append(error)
+                streamer.end()
+
+        worker = threading.Thread(target=decode, name="local-stream", daemon=True)
+        worker.start()
+        pieces: list[str] = []
+        try:
+            for piece in streamer:
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+        finally:
+            cancelled.set()
+            worker.join()
+        if failures:
+            raise GenerationFailed(f"local model {self.name!r} failed while answering: {failures[0]}")
+        return GenerationResult(
+            text="".join(pieces).strip(),
+            prompt_tokens=input_length,
+            completion_tokens=counted["completion_tokens"],
+            latency_s=time.perf_counter() - started,
+        )
 
     @contextmanager
     def _thread_limit(self) -> Iterator[None]:

@@ -8,6 +8,7 @@ wrong model). The connect timeout is short, so a server that is not there fails 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -21,7 +22,10 @@ from pydantic import AliasChoices, Field
 from medalign_rag.errors import MedalignError
 from medalign_rag.generation.base import (
     BackendOptions,
+    GenerationFailed,
     GenerationResult,
+    GenerationStream,
+    GenerationTimeout,
     Generator,
     check_generation_arguments,
     register_backend,
@@ -151,15 +155,12 @@ class OpenAIGenerator(Generator):
                 response = self._client.request(method, url, json=payload)
             except httpx.ReadTimeout:
                 # Not retried: a server still computing would only be asked again, multiplying the wait.
-                raise MedalignError(
+                raise GenerationTimeout(
                     f"no answer from {url} within read_timeout={self.options.read_timeout:g}s"
                 ) from None
             except _RETRY_ERRORS as error:
                 if last_try:
-                    raise MedalignError(
-                        f"cannot reach the OpenAI-compatible server at {self.base_url} after {attempts} attempt(s) "
-                        f"({type(error).__name__}: {error or 'no detail'}); is it running, and is base_url right?"
-                    ) from None
+                    raise self._unreachable(attempts, error) from None
                 self._sleep_before_retry(attempt, None)
                 continue
             except httpx.HTTPError as error:
@@ -169,6 +170,12 @@ class OpenAIGenerator(Generator):
                 continue
             return response
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _unreachable(self, attempts: int, error: Exception) -> GenerationFailed:
+        return GenerationFailed(
+            f"cannot reach the OpenAI-compatible server at {self.base_url} after {attempts} attempt(s) "
+            f"({type(error).__name__}: {error or 'no detail'}); is it running, and is base_url right?"
+        )
 
     def _sleep_before_retry(self, attempt: int, retry_after: str | None) -> None:
         delay = self.options.backoff_s * (2**attempt)
@@ -272,6 +279,106 @@ class OpenAIGenerator(Generator):
             prompt_tokens=int(prompt_tokens) if prompt_tokens is not None else self.tokenizer.count(prompt),
             completion_tokens=int(completion_tokens) if completion_tokens is not None else self.tokenizer.count(text),
             latency_s=latency,
+        )
+
+    # -- streaming ----------------------------------------------------------------------------------
+
+    supports_streaming = True
+
+    def stream(self, prompt: str, *, max_tokens: int = 256, temperature: float = 0.0) -> GenerationStream:
+        """One chat completion with `stream: true`: text pieces as the server sends them (server-sent events)."""
+        check_generation_arguments([prompt], max_tokens, temperature)
+        if self._client.is_closed:
+            raise MedalignError(f"generator {self.name!r} is closed")
+        return GenerationStream(self._stream_completion(prompt, max_tokens, temperature))
+
+    def _open_stream(self, payload: dict[str, Any]) -> httpx.Response:
+        """Send a streaming request with the same bounded retries as `_request`, up to the response headers only:
+        once text has started to flow a retry would repeat it."""
+        url = f"{self.base_url}/chat/completions"
+        attempts = self.options.max_retries + 1
+        for attempt in range(attempts):
+            last_try = attempt == attempts - 1
+            request = self._client.build_request("POST", url, json=payload)
+            try:
+                response = self._client.send(request, stream=True)
+            except httpx.ReadTimeout:
+                raise GenerationTimeout(
+                    f"no answer from {url} within read_timeout={self.options.read_timeout:g}s"
+                ) from None
+            except _RETRY_ERRORS as error:
+                if last_try:
+                    raise self._unreachable(attempts, error) from None
+                self._sleep_before_retry(attempt, None)
+                continue
+            except httpx.HTTPError as error:
+                raise GenerationFailed(f"request to {url} failed: {type(error).__name__}: {error}") from None
+            if response.status_code in _RETRY_STATUSES and not last_try:
+                response.close()
+                self._sleep_before_retry(attempt, response.headers.get("Retry-After"))
+                continue
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _stream_completion(self, prompt: str, max_tokens: int, temperature: float):
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": True,
+            # Servers that know it (OpenAI, vLLM) send token usage in a last chunk; others ignore it.
+            "stream_options": {"include_usage": True},
+        }
+        if self.options.seed is not None:
+            payload["seed"] = self.options.seed
+        url = f"{self.base_url}/chat/completions"
+        started = time.perf_counter()
+        response = self._open_stream(payload)
+        pieces: list[str] = []
+        usage: dict[str, Any] = {}
+        try:
+            if response.status_code >= 400:
+                response.read()
+                error = self._completion_error(response)
+                raise GenerationFailed(error.message) if response.status_code >= 500 else error
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments (": ping"), event names
+                data = line[len("data:"):].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise GenerationFailed(f"{url} sent a stream line that is not JSON: {data[:200]!r}") from None
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    raise GenerationFailed(f"{url} failed while answering: {str(chunk['error'])[:300]}")
+                if isinstance(chunk.get("usage"), dict):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+                    if delta:
+                        pieces.append(delta)
+                        yield delta
+        except httpx.ReadTimeout:
+            raise GenerationTimeout(
+                f"{url} stopped sending for read_timeout={self.options.read_timeout:g}s"
+            ) from None
+        except httpx.HTTPError as error:
+            raise GenerationFailed(f"the stream from {url} broke: {type(error).__name__}: {error}") from None
+        finally:
+            response.close()
+        text = "".join(pieces)
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        return GenerationResult(
+            text=text.strip(),
+            prompt_tokens=int(prompt_tokens) if prompt_tokens is not None else self.tokenizer.count(prompt),
+            completion_tokens=int(completion_tokens) if completion_tokens is not None else self.tokenizer.count(text),
+            latency_s=time.perf_counter() - started,
         )
 
     def _completion_error(self, response: httpx.Response) -> MedalignError:
