@@ -1,0 +1,162 @@
+"""Backends' `stream()`: pieces as the model writes them, joining to what `generate()` answers (greedy), with
+token counts; against llama-cpp-python's real OpenAI server and the real local SmolLM2; and end to end through
+`serve`'s /api/ask/stream."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from medalign_rag.errors import MedalignError
+from medalign_rag.generation import GenerationFailed, create_generator
+from tests.serve_support import free_port, make_cohort
+
+PROMPT = "Name three primary colors, separated by commas."
+READY_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory) -> Iterator[str]:
+    """llama-cpp-python's OpenAI server running SmolLM2 on a free loopback port (as in test_openai_server.py)."""
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError as error:
+        pytest.skip(f"llama-cpp-python with its [server] extra is not installed ({error})")
+    from medalign_rag.generation.local import find_smollm2_gguf
+
+    try:
+        gguf = find_smollm2_gguf()
+    except MedalignError as error:
+        pytest.skip(str(error))
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("llama-stream") / "server.log"
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server not ready after {READY_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.slow
+def test_openai_stream_yields_pieces_that_join_to_the_generated_answer(llama_server):
+    generator = create_generator("openai", base_url=llama_server, seed=0, context_length=2048)
+    try:
+        stream = generator.stream(PROMPT, max_tokens=24)
+        pieces = list(stream)
+        whole = generator.generate([PROMPT], max_tokens=24)[0]
+    finally:
+        generator.close()
+    assert len(pieces) > 1, pieces  # really streamed, not one final blob
+    assert "".join(pieces).strip() == whole.text
+    assert stream.result is not None and stream.result.text == whole.text
+    assert 0 < stream.result.completion_tokens <= 24 and stream.result.prompt_tokens > 0
+
+
+class ModelsOnly(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        payload = json.dumps({"data": [{"id": "gone", "max_model_len": 2048}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_stream_from_a_server_that_went_away_fails_clearly_on_the_first_piece():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ModelsOnly)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    generator = create_generator("openai", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+                                 max_retries=1, backoff_s=0.01)
+    server.shutdown()
+    server.server_close()
+    stream = generator.stream(PROMPT, max_tokens=8)  # lazy: nothing is sent until the first piece is asked for
+    with pytest.raises(GenerationFailed, match="cannot reach .* after 2 attempt"):
+        next(stream)
+    generator.close()
+
+
+@pytest.mark.slow
+def test_serve_streams_tokens_from_a_real_model_then_the_answer(llama_server, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from medalign_rag.index.builder import IndexSettings
+    from medalign_rag.pipeline import Pipeline
+    from medalign_rag.records.dataset import open_data_folder
+    from medalign_rag.serve import create_app
+
+    folder = open_data_folder(make_cohort(tmp_path / "cohort"))
+    generator = create_generator("openai", base_url=llama_server, seed=0, tokenizer="local", context_length=2048)
+    try:
+        pipeline = Pipeline(folder, IndexSettings(index_dir=tmp_path / "indexes"), generator=generator)
+        pipeline.max_new_tokens = 24
+        client = TestClient(create_app(pipeline, folder))
+        body = {"patient_id": "synth-0002", "question": "What was the most recent hemoglobin A1c?",
+                "strategy": "bm25", "budget": 1024}
+        response = client.post("/api/ask/stream", json=body)
+    finally:
+        generator.close()
+    assert response.status_code == 200, response.text
+    events = []
+    for block in response.text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    names = [name for name, _ in events]
+    assert names[0] == "context" and names[-1] == "answer" and names.count("token") > 1, names
+    answer = events[-1][1]
+    assert "".join(data["text"] for name, data in events if name == "token").strip() == answer["answer"]
+    assert answer["backend"] == "smollm2" and answer["completion_tokens"] > 0 and answer["citations"]
+    assert events[0][1]["event_ids"] == answer["event_ids"]
+
+
+@pytest.mark.slow
+def test_local_stream_matches_generate_token_for_token():
+    generator = create_generator("local")
+    try:
+        stream = generator.stream(PROMPT, max_tokens=12)
+        pieces = list(stream)
+        whole = generator.generate([PROMPT], max_tokens=12)[0]
+        early = generator.stream(PROMPT, max_tokens=12)
+        next(early)
+        early.close()  # stops the decoding thread instead of leaving it running
+    finally:
+        generator.close()
+    assert len(pieces) > 1
+    assert stream.result is not None
+    assert stream.result.text == whole.text
+    assert (stream.result.prompt_tokens, stream.result.completion_tokens) == (whole.prompt_tokens,
+                                                                            whole.completion_tokens)
+    assert early.result is None
+    with pytest.raises(MedalignError, match="closed"):
+        generator.stream(PROMPT)
