@@ -119,8 +119,8 @@ def test_serve_streams_tokens_from_a_real_model_then_the_answer(llama_server, tm
     folder = open_data_folder(make_cohort(tmp_path / "cohort"))
     generator = create_generator("openai", base_url=llama_server, seed=0, tokenizer="local", context_length=2048)
     try:
-        pipeline = Pipeline(folder, IndexSettings(index_dir=tmp_path / "indexes"), generator=generator)
-        pipeline.max_new_tokens = 24
+        pipeline = Pipeline(folder, IndexSettings(index_dir=tmp_path / "indexes"), generator=generator,
+                            max_new_tokens=24)
         client = TestClient(create_app(pipeline, folder))
         body = {"patient_id": "synth-0002", "question": "What was the most recent hemoglobin A1c?",
                 "strategy": "bm25", "budget": 1024}

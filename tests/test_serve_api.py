@@ -43,11 +43,7 @@ def pipeline(cohort, tmp_path_factory) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def client(pipeline) -> TestClient:
-    return TestClient(create_app(pipeline, pipeline_source(pipeline)))
-
-
-def pipeline_source(pipeline):
-    return getattr(pipeline, "source", None) or pipeline.data
+    return TestClient(create_app(pipeline, pipeline.source))
 
 
 def ask_body(**changes) -> dict:
@@ -75,7 +71,7 @@ def test_patients_are_paged_and_filtered_by_id(client, pipeline):
     everyone = client.get("/api/patients").json()
     assert everyone["total"] == 3
     assert [p["patient_id"] for p in everyone["items"]] == ["synth-0001", "synth-0002", "synth-0003"]
-    record = pipeline_source(pipeline).load_record(SMALL)
+    record = pipeline.source.load_record(SMALL)
     small = everyone["items"][1]
     assert small["encounters"] == len(record.encounters) and small["events"] == record.n_events
     assert small["tokens"] > 0 and isinstance(small["indexed"], bool)
@@ -88,7 +84,7 @@ def test_patients_are_paged_and_filtered_by_id(client, pipeline):
 
 
 def test_timeline_lists_encounters_filters_by_date_and_pages_events(client, pipeline):
-    record = pipeline_source(pipeline).load_record("synth-0003")
+    record = pipeline.source.load_record("synth-0003")
     timeline = client.get("/api/patients/synth-0003/timeline").json()
     assert timeline["total"] == len(record.encounters)
     assert [e["encounter_id"] for e in timeline["encounters"]] == [e.encounter_id for e in record.encounters]
@@ -146,7 +142,7 @@ def test_ask_returns_the_pipelines_answer_with_context_and_cited_events(client, 
 
 
 def test_ask_as_of_a_date_cites_nothing_after_it(client, pipeline):
-    record = pipeline_source(pipeline).load_record(SMALL)
+    record = pipeline.source.load_record(SMALL)
     anchor = record.encounters[0].end or record.encounters[0].start
     answer = client.post("/api/ask", json=ask_body(time_anchor=anchor.isoformat())).json()
     stamps = {ev.event_id: ev.timestamp for _, ev in record.iter_events()}
@@ -175,7 +171,7 @@ def test_bad_asks_get_a_json_error_naming_the_field(client, changes, status, fie
 
 
 def test_a_body_over_the_cap_is_refused_before_parsing(pipeline):
-    small_cap = TestClient(create_app(pipeline, pipeline_source(pipeline),
+    small_cap = TestClient(create_app(pipeline, pipeline.source,
                                       settings=ServeSettings(max_body_bytes=1024, max_question_chars=10_000)))
     response = small_cap.post("/api/ask", json=ask_body(question="x" * 2000))
     assert response.status_code == 413 and "1024 bytes" in response.json()["detail"]
@@ -220,7 +216,7 @@ def test_stream_without_a_model_sends_the_context_then_the_answer(client):
 
 
 def test_with_a_token_every_api_request_needs_it(pipeline):
-    guarded = TestClient(create_app(pipeline, pipeline_source(pipeline), token=TOKEN))
+    guarded = TestClient(create_app(pipeline, pipeline.source, token=TOKEN))
     assert guarded.get("/api/health").status_code == 401
     assert guarded.get("/api/health").headers["www-authenticate"] == "Bearer"
     for wrong in ("Bearer nope", f"Bearer {TOKEN}x", TOKEN, f"Basic {TOKEN}"):
@@ -311,8 +307,8 @@ def test_a_failing_model_gives_502_or_504_and_the_server_stays_healthy(pipeline,
 
     flaky_model.mode = mode
     generator = create_generator("openai", base_url=flaky_model.base_url, max_retries=0, read_timeout=0.5)
-    answering = Pipeline(pipeline_source(pipeline), IndexSettings(index_dir=pipeline.index_dir), generator=generator)
-    client = TestClient(create_app(answering, pipeline_source(pipeline)))
+    answering = Pipeline(pipeline.source, IndexSettings(index_dir=pipeline.index_dir), generator=generator)
+    client = TestClient(create_app(answering, pipeline.source))
     for path in ("/api/ask", "/api/ask/stream", "/api/compare"):
         body = ask_body() if path != "/api/compare" else {**ask_body(strategy=None), "strategies": ["full", "bm25"]}
         body = {k: v for k, v in body.items() if v is not None}

@@ -9,9 +9,9 @@ Endpoints (all JSON; FastAPI's OpenAPI page at /docs, served from local files):
   POST /api/ask/stream                          the same as server-sent events: context, tokens, answer
   POST /api/compare                             one question, several strategies at one budget -> [Answer]
 
-Every answer goes through `Pipeline.prepare` (retrieval, packing, prompt) and `Pipeline.finish`, with the
-generator called in between: the path `Pipeline.answer` takes per item, split so the server can stream and can
-tell a backend failure (502/504) from a bad request (404/422).
+Every answer goes through `Pipeline.answer`'s two halves: `prepare` (retrieval, packing, prompt), then
+`complete` (batched generation and `finish`), or, when streaming, the generator's `stream()` then `finish`.
+Split so the server can stream and can tell a model failure (502/504) from a bad request (404/422).
 """
 
 from __future__ import annotations
@@ -203,17 +203,18 @@ def create_app(pipeline, source, *, token: str | None = None, settings: ServeSet
         except ValidationError as error:
             raise _validation_error(error) from None
 
-    def generate(prepared: list, wanted: bool) -> list:
-        if generator is None or not wanted:
-            return [None] * len(prepared)
-        with generation_lock or contextlib.nullcontext():
+    def complete(prepared: list, wanted: bool) -> list[dict[str, Any]]:
+        """`Pipeline.complete`: the batched second half of `Pipeline.answer`. Retrieval is done by now, so a
+        failure here is the model's (502, or 504 for a timeout), never the request's."""
+        with generation_lock if generation_lock is not None and wanted else contextlib.nullcontext():
             try:
-                return generator.generate([p.prompt for p in prepared], max_tokens=pipeline.max_new_tokens)
+                answers = pipeline.complete(prepared, generate=wanted)
             except Exception as error:
                 raise _generator_error(error) from None
+        return [with_cited_events(answer) for answer in answers]
 
-    def answer_json(prepared, generation) -> dict[str, Any]:
-        payload = pipeline.finish(prepared, generation).model_dump(mode="json")
+    def with_cited_events(answer) -> dict[str, Any]:
+        payload = answer.model_dump(mode="json")
         payload["events_by_encounter"] = catalog.events_by_encounter(payload["patient_id"], payload["event_ids"])
         return payload
 
@@ -338,8 +339,7 @@ def create_app(pipeline, source, *, token: str | None = None, settings: ServeSet
     def ask(body: AskBody) -> dict[str, Any]:
         """Retrieve, pack and answer; with backend `none` (or `generate: false`) the answer is null and the
         context and citations are the result."""
-        prepared = pipeline.prepare(answer_request(body, body.strategy))
-        return answer_json(prepared, generate([prepared], body.generate)[0])
+        return complete([pipeline.prepare(answer_request(body, body.strategy))], body.generate)[0]
 
     @app.post("/api/ask/stream", tags=["answers"])
     def ask_stream(body: AskBody) -> StreamingResponse:
@@ -347,14 +347,13 @@ def create_app(pipeline, source, *, token: str | None = None, settings: ServeSet
         writes them (one piece when the backend cannot stream), then `answer` (the same object as /api/ask) or
         `error` ({status, detail}) if the model fails once the stream has begun."""
         prepared = pipeline.prepare(answer_request(body, body.strategy))
-        preview = answer_json(prepared, None)
+        preview = with_cited_events(pipeline.finish(prepared))
         if generator is None or not body.generate:
             return _event_stream(iter([_sse("context", preview), _sse("answer", preview)]))
         if not generator.supports_streaming:
-            generation = generate([prepared], True)[0]
+            (answered,) = complete([prepared], True)
             return _event_stream(iter([
-                _sse("context", preview), _sse("token", {"text": generation.text}),
-                _sse("answer", answer_json(prepared, generation)),
+                _sse("context", preview), _sse("token", {"text": answered["answer"]}), _sse("answer", answered),
             ]))
         stream = generator.stream(prepared.prompt, max_tokens=pipeline.max_new_tokens)
         # The first piece is awaited here, so a backend that is down answers 502/504 instead of a broken stream.
@@ -371,7 +370,7 @@ def create_app(pipeline, source, *, token: str | None = None, settings: ServeSet
                     yield _sse("token", {"text": first})
                 for piece in stream:
                     yield _sse("token", {"text": piece})
-                yield _sse("answer", answer_json(prepared, stream.result))
+                yield _sse("answer", with_cited_events(pipeline.finish(prepared, stream.result)))
             except Exception as error:
                 failure = _generator_error(error)
                 yield _sse("error", {"status": failure.status, "detail": failure.detail})
@@ -388,9 +387,7 @@ def create_app(pipeline, source, *, token: str | None = None, settings: ServeSet
         if len(body.strategies) > settings.max_compare_strategies:
             raise ApiError(422, f"strategies: at most {settings.max_compare_strategies}", "strategies")
         requests = [answer_request(body, strategy) for strategy in body.strategies]
-        prepared = [pipeline.prepare(request) for request in requests]
-        generations = generate(prepared, body.generate)
-        return {"results": [answer_json(p, g) for p, g in zip(prepared, generations)]}
+        return {"results": complete([pipeline.prepare(request) for request in requests], body.generate)}
 
     return app
 
@@ -402,24 +399,9 @@ def _event_stream(chunks: Iterator[bytes]) -> StreamingResponse:
 
 def _servable_strategies(names) -> tuple[str, ...]:
     """Registered strategies a server can run: those needing gold evidence (oracle) have none to get here."""
-    try:
-        from medalign_rag.retrieval import registry
-    except ImportError:  # pragma: no cover - phase1 ships the registry
-        registry = None
-    servable = []
-    for name in names:
-        needs_gold = False
-        for getter in ("retriever_info", "strategy_info", "get_retriever_info"):
-            info_of = getattr(registry, getter, None)
-            if callable(info_of):
-                with contextlib.suppress(Exception):
-                    needs_gold = bool(getattr(info_of(name), "needs_gold", False))
-                break
-        if name == "oracle":
-            needs_gold = True
-        if not needs_gold:
-            servable.append(name)
-    return tuple(servable)
+    from medalign_rag.retrieval.registry import retriever_spec
+
+    return tuple(name for name in names if not retriever_spec(name).needs_gold)
 
 
 def _index_checker(pipeline, source):
