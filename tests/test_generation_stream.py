@@ -56,6 +56,17 @@ def llama_server(tmp_path_factory) -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail(f"llama_cpp.server not ready after {READY_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
+        # llama-cpp-python 0.3.36's chat path crashes (SIGSEGV) on some CPUs; tests/test_openai_server.py hits it
+        # too. That is the server's bug, not the stream's: say so instead of failing on it.
+        try:
+            httpx.post(f"{base_url}/chat/completions", timeout=60, json={
+                "model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+        if process.poll() is not None:
+            pytest.skip(f"llama_cpp.server crashed on a plain chat completion (exit {process.returncode}): "
+                        "a llama-cpp-python bug on this machine")
         yield base_url
     finally:
         process.terminate()
@@ -107,6 +118,109 @@ def test_a_stream_from_a_server_that_went_away_fails_clearly_on_the_first_piece(
     generator.close()
 
 
+class ScriptedStreamServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that streams a fixed answer the way vLLM does: one SSE event per piece, written
+    and flushed separately, a keep-alive comment, a last chunk with usage, then [DONE]. It stands in for the model
+    only; what is under test is our HTTP and SSE handling. (The real-model tests above run where llama-cpp-python
+    works.)"""
+
+    pieces = ["Red", ",", " blue", " and", " yellow", "."]
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._json({"data": [{"id": "scripted", "max_model_len": 4096}]})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if not body.get("stream"):
+            self._json({"choices": [{"message": {"content": "".join(self.pieces)}}],
+                        "usage": {"prompt_tokens": 11, "completion_tokens": len(self.pieces)}})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def send(text: str) -> None:
+            data = text.encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        send(": keep-alive\n\n")
+        send('data: {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n')
+        for piece in self.pieces:
+            send(f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n")
+        send('data: {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 6}}\n\n')
+        send("data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _json(self, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedStreamServer)
+    server.protocol_version = "HTTP/1.1"
+    ScriptedStreamServer.protocol_version = "HTTP/1.1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_openai_stream_parses_server_sent_events_piece_by_piece(scripted_server):
+    with create_generator("openai", base_url=scripted_server) as generator:
+        stream = generator.stream(PROMPT, max_tokens=16)
+        pieces = list(stream)
+        whole = generator.generate([PROMPT], max_tokens=16)[0]
+    assert pieces == ScriptedStreamServer.pieces
+    assert stream.result.text == whole.text == "Red, blue and yellow."
+    assert (stream.result.prompt_tokens, stream.result.completion_tokens) == (11, 6)
+
+
+def test_serve_streams_an_openai_backend_token_by_token(scripted_server, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from medalign_rag.index.builder import IndexSettings
+    from medalign_rag.pipeline import Pipeline
+    from medalign_rag.records.dataset import open_data_folder
+    from medalign_rag.serve import create_app
+
+    folder = open_data_folder(make_cohort(tmp_path / "cohort"))
+    with create_generator("openai", base_url=scripted_server) as generator:
+        pipeline = Pipeline(folder, IndexSettings(index_dir=tmp_path / "indexes"), generator=generator)
+        client = TestClient(create_app(pipeline, folder))
+        assert client.get("/api/health").json()["streaming"] is True
+        response = client.post("/api/ask/stream", json={"patient_id": "synth-0002", "question": "A1c?",
+                                                         "strategy": "bm25", "budget": 2048})
+    assert response.status_code == 200, response.text
+    events = parse_events(response.text)
+    assert [name for name, _ in events] == ["context"] + ["token"] * 6 + ["answer"]
+    assert [data["text"] for name, data in events if name == "token"] == ScriptedStreamServer.pieces
+    answer = events[-1][1]
+    assert answer["answer"] == "Red, blue and yellow." and answer["backend"] == "scripted"
+    assert answer["completion_tokens"] == 6 and answer["event_ids"] == events[0][1]["event_ids"]
+
+
+def parse_events(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
 @pytest.mark.slow
 def test_serve_streams_tokens_from_a_real_model_then_the_answer(llama_server, tmp_path):
     from fastapi.testclient import TestClient
@@ -128,10 +242,7 @@ def test_serve_streams_tokens_from_a_real_model_then_the_answer(llama_server, tm
     finally:
         generator.close()
     assert response.status_code == 200, response.text
-    events = []
-    for block in response.text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((fields["event"], json.loads(fields["data"])))
+    events = parse_events(response.text)
     names = [name for name, _ in events]
     assert names[0] == "context" and names[-1] == "answer" and names.count("token") > 1, names
     answer = events[-1][1]
