@@ -160,7 +160,7 @@ def create_app(pipeline, source, *, token: str | None = None, settings: ServeSet
     # (the log's own 500 included) gets the security headers.
     app.add_middleware(BearerTokenMiddleware, token=settings.token, protected_prefix="/api/")
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLogMiddleware, logger=log)
+    app.add_middleware(AccessLogMiddleware, logger=log, routes=lambda: app.router.routes)
     app.add_middleware(SecurityHeadersMiddleware)
 
     # -- errors -------------------------------------------------------------------------------------

@@ -14,7 +14,10 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
+
+from starlette.routing import Match
 
 ASGIApp = Any
 Scope = dict[str, Any]
@@ -40,9 +43,11 @@ async def _send_json(send, status: int, body: dict[str, Any], headers: list[tupl
 
 
 class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp, logger: logging.Logger) -> None:
+    def __init__(self, app: ASGIApp, logger: logging.Logger, routes: Callable[[], list] = list) -> None:
         self.app = app
         self.logger = logger
+        #: The app's routes, to name the template of a request refused before routing (401, 413).
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -67,9 +72,10 @@ class AccessLogMiddleware:
             self.logger.info("%s %s %d %.1fms", scope.get("method"), self._template(scope), state["status"],
                              (time.perf_counter() - started) * 1000)
 
-    @staticmethod
-    def _template(scope: Scope) -> str:
+    def _template(self, scope: Scope) -> str:
         route = scope.get("route")
+        if route is None:
+            route = next((r for r in self.routes() if r.matches(scope)[0] == Match.FULL), None)
         template = getattr(route, "path", None)
         if template is None:
             # Static mounts: the folder, not the file; anything unrouted: a fixed word.
