@@ -382,8 +382,12 @@ def serve(
     from medalign_rag.config import load_run_config, make_generator
     from medalign_rag.generation.prompt import load_prompt_template
     from medalign_rag.pipeline import Pipeline
-    from medalign_rag.serve import check_bind, create_app, run_server
-    from medalign_rag.serve.server import resolve_token
+
+    try:
+        from medalign_rag.serve import check_bind, create_app, run_server
+        from medalign_rag.serve.server import resolve_token
+    except ImportError as error:
+        raise MedalignError(f"serve needs the server extra ({error}): pip install -e '.[server]'") from None
 
     token = resolve_token(token)
     check_bind(host, token)  # before the models load, which takes a while
