@@ -1,12 +1,13 @@
 """`medalign-rag serve` under bounded load on loopback: asks per second, latency percentiles, errors, server memory.
 
     python benchmarks/serve_bench.py                # 1, 8 and 32 clients; budgets 2048 and 32768; ~900 asks
+    python benchmarks/serve_bench.py --torch-threads 1,default   # the plan once per serve setting
     python benchmarks/serve_bench.py --quick        # fewer asks per run
 
 Setup (not timed): the 50-patient synthetic cohort (seed 7); a data folder holding its longest record (about 120k
 cl100k tokens) plus the five smallest patients; `medalign-rag serve --backend none` started on a free loopback
-port as a subprocess (its own process, as a user runs it); every patient asked once so all indexes are built and
-loaded.
+port as a subprocess (its own process, as a user runs it); every patient asked once per strategy and budget so all
+indexes are built and loaded and every strategy's per-index state exists.
 
 Timed: clients (asyncio + httpx, one connection each) POST /api/ask as fast as the server answers, each run
 stopping after a fixed number of asks. Every ask is distinct (a question of the cohort's instruction table, numbered,
@@ -14,7 +15,9 @@ about one of the six patients, strategies hybrid and temporal alternating), so t
 embedder's query cache never answer for the server; half of the asks go to the longest record. Reported per
 (budget, clients): asks/s, client-side latency p50/p95/p99, errors (any non-200 or transport error), the server's
 own time in retrieval and packing (`timings.context_s` of each answer), and response size. The server's RSS is
-sampled every 0.2 s; the load average is read before and after.
+sampled every 0.2 s; the load average is read before and after. The whole plan runs once per `--torch-threads`
+value (default: the option not given, i.e. torch's one thread per core), each against its own fresh server on the
+same indexes.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def build_data(work: Path) -> tuple[Path, str, dict[str, int], list[str]]:
     big = max(sorted(tokens), key=lambda pid: tokens[pid])  # the longest record (~120k tokens)
     small = sorted((pid for pid in tokens if pid != big), key=lambda pid: (tokens[pid], pid))[:SMALL_PATIENTS]
     data = work / "serve-data"
-    (data / "ehrs").mkdir(parents=True)
+    (data / "ehrs").mkdir(parents=True, exist_ok=True)
     for pid in [big, *small]:
         shutil.copyfile(folder.record_path(pid), data / "ehrs" / f"{pid}.xml")
     questions = sorted({i.question for i in folder.instructions()})
@@ -78,13 +81,15 @@ def build_data(work: Path) -> tuple[Path, str, dict[str, int], list[str]]:
 
 
 class Server:
-    def __init__(self, data: Path, index_dir: Path, log_path: Path) -> None:
+    def __init__(self, data: Path, index_dir: Path, log_path: Path, torch_threads: str) -> None:
         from tests.serve_support import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "medalign_rag.cli", "serve", "--data", str(data), "--index-dir",
                    str(index_dir), "--backend", "none", "--port", str(self.port), "--log-level", "warning"]
+        if torch_threads != "default":
+            command += ["--torch-threads", torch_threads]
         self.log = log_path.open("wb")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         self.rss_samples: list[float] = []
@@ -179,8 +184,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Fewer asks per run.")
     parser.add_argument("--out", type=Path, default=None, help="Work folder (default: a temporary one).")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--torch-threads", default="default",
+                        help="Comma-separated `serve --torch-threads` values ('default': the option not given); "
+                             "each gets its own server and runs.")
     args = parser.parse_args()
-    command = "python benchmarks/serve_bench.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/serve_bench.py" + (" --quick" if args.quick else "") + (
+        f" --torch-threads {args.torch_threads}" if args.torch_threads != "default" else "")
     info = machine_info(command)
     work = args.out or Path(tempfile.mkdtemp(prefix="serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -188,51 +197,54 @@ def main() -> None:
     print("building the cohort ...", flush=True)
     data, big, tokens, questions = build_data(work)
     patients = list(tokens)
-    server = Server(data, work / "indexes", work / "server.log")
-    try:
-        server.wait_ready()
-        rss_idle = server.rss_mib()
-        import httpx
+    import httpx
 
-        print("building and loading every index (not timed) ...", flush=True)
-        warm_started = time.perf_counter()
-        for pid in patients:
-            for budget in (2048, 32768):
-                response = httpx.post(f"{server.url}/api/ask", timeout=600, json={
-                    "patient_id": pid, "question": "warm-up: most recent labs", "strategy": "hybrid",
-                    "budget": budget})
-                response.raise_for_status()
-        warm_s = time.perf_counter() - warm_started
-        rss_loaded = server.rss_mib()
+    plan = [(2048, 1, 40), (2048, 8, 300), (2048, 32, 300), (32768, 1, 20), (32768, 8, 120), (32768, 32, 120)]
+    if args.quick:
+        plan = [(budget, clients, max(10, asks // 3)) for budget, clients, asks in plan]
+    counter = 0
 
-        plan = [(2048, 1, 40), (2048, 8, 300), (2048, 32, 300), (32768, 1, 20), (32768, 8, 120), (32768, 32, 120)]
-        if args.quick:
-            plan = [(budget, clients, max(10, asks // 3)) for budget, clients, asks in plan]
-        counter = 0
+    def bodies_for(budget: int, count: int) -> list[dict]:
+        nonlocal counter
+        bodies = []
+        for _ in range(count):
+            question = questions[counter % len(questions)]
+            # half to the big patient, the rest round-robin over the small ones
+            pid = big if counter % 2 == 0 else patients[1 + (counter // 2) % (len(patients) - 1)]
+            bodies.append({"patient_id": pid, "question": f"Request {counter}: {question}",
+                           "strategy": STRATEGIES[(counter // 2) % 2], "budget": budget})
+            counter += 1
+        return bodies
 
-        def bodies_for(budget: int, count: int) -> list[dict]:
-            nonlocal counter
-            bodies = []
-            for _ in range(count):
-                question = questions[counter % len(questions)]
-                # half to the big patient, the rest round-robin over the small ones
-                pid = big if counter % 2 == 0 else patients[1 + (counter // 2) % (len(patients) - 1)]
-                bodies.append({"patient_id": pid, "question": f"Request {counter}: {question}",
-                               "strategy": STRATEGIES[(counter // 2) % 2], "budget": budget})
-                counter += 1
-            return bodies
-
-        server.start_sampling()
-        rows = []
-        for budget, clients, asks in plan:
-            row = asyncio.run(run_load(server.url, bodies_for(budget, asks), clients))
-            row["budget"] = budget
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        rss_peak = max(server.rss_samples) if server.rss_samples else server.rss_mib()
-        rss_end = server.rss_mib()
-    finally:
-        server.stop()
+    rows = []
+    memory: dict[str, dict[str, float]] = {}
+    warm_s = 0.0
+    for threads in args.torch_threads.split(","):
+        server = Server(data, work / "indexes", work / f"server-{threads}.log", threads)
+        try:
+            server.wait_ready()
+            rss_idle = server.rss_mib()
+            print(f"torch threads {threads}: building and loading every index (not timed) ...", flush=True)
+            warm_started = time.perf_counter()
+            for pid in patients:
+                for strategy in STRATEGIES:  # each strategy's per-index state is built on its first use
+                    for budget in (2048, 32768):
+                        response = httpx.post(f"{server.url}/api/ask", timeout=600, json={
+                            "patient_id": pid, "question": "warm-up: most recent labs", "strategy": strategy,
+                            "budget": budget})
+                        response.raise_for_status()
+            warm_s = max(warm_s, time.perf_counter() - warm_started)
+            rss_loaded = server.rss_mib()
+            server.start_sampling()
+            for budget, clients, asks in plan:
+                row = asyncio.run(run_load(server.url, bodies_for(budget, asks), clients))
+                row.update(budget=budget, torch_threads=threads)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            memory[threads] = {"idle": rss_idle, "loaded": rss_loaded,
+                               "peak": max(server.rss_samples) if server.rss_samples else server.rss_mib()}
+        finally:
+            server.stop()
     info = machine_info(command, before=info)
 
     lines = [f"## {SECTION}", "", *run_header(info), ""]
@@ -242,30 +254,34 @@ def main() -> None:
         f"`medalign-rag serve --backend none` in its own process on loopback; the client (asyncio + httpx, one "
         f"connection per client) runs on the same 2 cores. Every ask distinct (numbered cohort questions), half "
         f"of them about {big}, strategies hybrid and temporal alternating; each run stops after its asks. Setup, "
-        f"not timed: first ask per patient and budget (index builds and loads) {warm_s:.1f} s.",
+        f"not timed: first ask per patient, strategy and budget (index builds, loads, per-strategy state) {warm_s:.1f} s.",
         "",
-        "| budget | clients | asks | asks/s | p50 ms | p95 ms | p99 ms | errors | server retrieval+packing, mean ms "
-        "| latency mean ms | response KiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| torch threads | budget | clients | asks | asks/s | p50 ms | p95 ms | p99 ms | errors "
+        "| server retrieval+packing, mean ms | latency mean ms | response KiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['budget']} | {r['clients']} | {r['asks']} | {r['asks_per_s']:.1f} | {r['p50_ms']:.0f} | "
+        lines.append(f"| {r['torch_threads']} | {r['budget']} | {r['clients']} | {r['asks']} | {r['asks_per_s']:.1f} | "
+                     f"{r['p50_ms']:.0f} | "
                      f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | {r['context_ms_mean']:.0f} | "
                      f"{r['latency_ms_mean']:.0f} | {r['response_kib_mean']:.0f} |")
-    single = next(r for r in rows if r["budget"] == 2048 and r["clients"] == 1)
-    eight = next(r for r in rows if r["budget"] == 2048 and r["clients"] == 8)
+    first = rows[-1]["torch_threads"]  # the last setting run: `default` in the usual order
+    single = next(r for r in rows if r["budget"] == 2048 and r["clients"] == 1 and r["torch_threads"] == first)
+    eight = next(r for r in rows if r["budget"] == 2048 and r["clients"] == 8 and r["torch_threads"] == first)
     share = single["context_ms_mean"] / single["latency_ms_mean"]
-    lines += ["", f"What dominates: with one client at 2k an ask takes {single['latency_ms_mean']:.0f} ms, of which "
+    lines += ["", f"What dominates (torch threads: {first}): with one client at 2k an ask takes {single['latency_ms_mean']:.0f} ms, of which "
                   f"the server's retrieval and packing are {single['context_ms_mean']:.0f} ms ({share:.0%}); the rest "
                   f"is HTTP, validation, JSON encoding of the answer with its context, and the worker-thread hop. "
                   f"With 8 clients the server is saturated: mean latency {eight['latency_ms_mean']:.0f} ms is mostly "
                   f"waiting (8 clients / {eight['asks_per_s']:.1f} asks/s = {8 / eight['asks_per_s'] * 1000:.0f} ms), "
                   f"and the server's own retrieval time per ask rises to {eight['context_ms_mean']:.0f} ms as requests "
                   f"share the GIL and the 2 cores with each other and with the load generator."]
-    lines += ["", f"Server RSS: {rss_idle:.0f} MiB after start (embedding model loaded), {rss_loaded:.0f} MiB with "
-                  f"all 6 indexes loaded, peak {rss_peak:.0f} MiB during the load, {rss_end:.0f} MiB at the end.", ""]
-    (work / "serve_bench.json").write_text(json.dumps({"rows": rows, "tokens": tokens, "rss": {
-        "idle": rss_idle, "loaded": rss_loaded, "peak": rss_peak, "end": rss_end}, "info": info}, indent=2))
+    lines += ["", "Server RSS: " + "; ".join(
+        f"torch threads {threads}: {m['idle']:.0f} MiB after start (embedding model loaded), {m['loaded']:.0f} MiB "
+        f"with all 6 indexes loaded, peak {m['peak']:.0f} MiB during the load" for threads, m in memory.items()) + ".",
+        ""]
+    (work / "serve_bench.json").write_text(json.dumps({"rows": rows, "tokens": tokens, "rss": memory, "info": info},
+                                                     indent=2))
     replace_section(args.results, SECTION, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

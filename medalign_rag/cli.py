@@ -377,6 +377,9 @@ def serve(
         None, "--token", help="Bearer token every /api request must carry (or $MEDALIGN_RAG_TOKEN).",
         show_default=False),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    torch_threads: Optional[int] = typer.Option(
+        None, "--torch-threads", min=1, help="CPU threads the embedding model (and the local model, unless its "
+        "`threads` option says otherwise) uses per request. Default: torch's, one per core."),
 ) -> None:
     """An HTTP API and a web page: pick a patient, read the timeline, ask, click through to the cited events."""
     from medalign_rag.config import load_run_config, make_generator
@@ -389,6 +392,9 @@ def serve(
     except ImportError as error:
         raise MedalignError(f"serve needs the server extra ({error}): pip install -e '.[server]'") from None
 
+    # OpenMP workers that spin while waiting starve everything else on a busy machine: a query embedding took
+    # ~1.6 s instead of ~15 ms on a loaded 2-core box. Read when torch loads its OpenMP, so set it before that.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     token = resolve_token(token)
     check_bind(host, token)  # before the models load, which takes a while
     run = load_run_config(config) if config else None
@@ -398,6 +404,10 @@ def serve(
     if index_dir is not None:
         settings.index_dir = index_dir
     with console.status(f"loading the {backend} backend and the embedding model"):
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)  # process-wide, once, here at the entry point
         generator = None if backend == "none" else make_generator(backend, run)
         pipeline = Pipeline(
             source, settings, generator=generator,
