@@ -154,6 +154,26 @@ def test_ask_returns_the_pipelines_answer_with_context_and_cited_events(client, 
     assert set(grouped) == {c["encounter_id"] for c in answer["citations"]}
 
 
+def test_simultaneous_first_questions_build_the_index_once(pipeline, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fresh = Pipeline(pipeline.source, IndexSettings(index_dir=tmp_path / "indexes"))
+    builds = []
+    build_patient = fresh.builder.build_patient
+
+    def counted(*args, **kwargs):  # the real build, counted
+        builds.append(args[1] if len(args) > 1 else kwargs.get("patient_id"))
+        return build_patient(*args, **kwargs)
+
+    fresh.builder.build_patient = counted
+    client = TestClient(create_app(fresh, fresh.source))
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: client.post("/api/ask", json=ask_body()), range(4)))
+    assert [r.status_code for r in responses] == [200] * 4
+    assert builds == [SMALL]
+    assert len({tuple(r.json()["event_ids"]) for r in responses}) == 1
+
+
 def test_ask_as_of_a_date_cites_nothing_after_it(client, pipeline):
     record = pipeline.source.load_record(SMALL)
     anchor = record.encounters[0].end or record.encounters[0].start
