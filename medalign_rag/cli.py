@@ -382,6 +382,9 @@ def serve(
         "`threads` option says otherwise) uses per request. Default: torch's, one per core."),
 ) -> None:
     """An HTTP API and a web page: pick a patient, read the timeline, ask, click through to the cited events."""
+    # OpenMP workers that spin while waiting starve everything else on a busy machine: a query embedding took
+    # ~1.6 s instead of ~15 ms on a loaded 2-core box. Read when torch loads its OpenMP, so set it before that.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from medalign_rag.config import load_run_config, make_generator
     from medalign_rag.generation.prompt import load_prompt_template
     from medalign_rag.pipeline import Pipeline
@@ -392,9 +395,6 @@ def serve(
     except ImportError as error:
         raise MedalignError(f"serve needs the server extra ({error}): pip install -e '.[server]'") from None
 
-    # OpenMP workers that spin while waiting starve everything else on a busy machine: a query embedding took
-    # ~1.6 s instead of ~15 ms on a loaded 2-core box. Read when torch loads its OpenMP, so set it before that.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     token = resolve_token(token)
     check_bind(host, token)  # before the models load, which takes a while
     run = load_run_config(config) if config else None
