@@ -382,9 +382,6 @@ def serve(
         "`threads` option says otherwise) uses per request. Default: torch's, one per core."),
 ) -> None:
     """An HTTP API and a web page: pick a patient, read the timeline, ask, click through to the cited events."""
-    # OpenMP workers that spin while waiting starve everything else on a busy machine: a query embedding took
-    # ~1.6 s instead of ~15 ms on a loaded 2-core box. Read when torch loads its OpenMP, so set it before that.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from medalign_rag.config import load_run_config, make_generator
     from medalign_rag.generation.prompt import load_prompt_template
     from medalign_rag.pipeline import Pipeline
@@ -430,6 +427,9 @@ def set_process_environment() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # OpenMP's default spin-waiting stalls torch on a busy machine (benchmarks/RESULTS.md, serve: a query embedding
+    # took ~1.6 s instead of ~15 ms under load); passive waiting costs nothing measurable when the machine is idle.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main() -> None:
