@@ -58,7 +58,7 @@ class SourceWarnings:
     `inspect` can print one line per kind instead of one per occurrence.
     """
 
-    MAX_EXAMPLES = 3
+    MAX_EXAMPLES = 2
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
