@@ -176,14 +176,9 @@ def test_mimic_demo_meds_matches_converted_records(mimic_meds: Path) -> None:
     """All 100 patients: every numeric lab and chart event of the converted (CSV + MEDS) records is in the MEDS
     read, at the same time with the same value (and the same name for chart events), and hospital admissions are
     the same visits."""
-    from tests.conftest import SHARED_DATA
-    from medalign_rag.datasets.mimic_iv_demo import build_records, load_mimic_events
+    from tests.source_data import converted_mimic_records
 
-    converted = {
-        record.patient_id: record
-        for record in build_records(load_mimic_events(
-            SHARED_DATA / "mimic_iv_demo", SHARED_DATA / "mimic_iv_demo_meds" / "mimic_iv_demo_meds_events.parquet"))
-    }
+    converted = converted_mimic_records()
     source = open_source(mimic_meds)
     assert source.patient_ids() == sorted(converted, key=lambda v: (len(v), v))
     compared = {"chart": 0, "lab": 0}

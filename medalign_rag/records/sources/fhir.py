@@ -73,6 +73,9 @@ SYSTEM_BY_VOCABULARY = {vocab: system for system, vocab in VOCABULARY_BY_SYSTEM.
 # FHIR never carries these and is read by the table above.
 MEDALIGN_KIND_EXTENSION = "https://github.com/medalign-rag/fhir/StructureDefinition/event-kind"
 MEDALIGN_SOURCE_TYPE_EXTENSION = "https://github.com/medalign-rag/fhir/StructureDefinition/source-type"
+_OURS = "https://github.com/medalign-rag/fhir/StructureDefinition/"
+_OUR_VOCABULARY = _OURS + "vocabulary"
+_ID_SYSTEM = "https://github.com/medalign-rag/fhir/event-id"
 
 _EVENT_TYPES = {
     "Condition", "AllergyIntolerance", "Observation", "MedicationRequest", "MedicationStatement", "MedicationAdministration",
@@ -141,6 +144,9 @@ def fhir_code(concept: dict | None) -> tuple[str | None, str | None]:
             continue
         if code is None and coding.get("code"):
             system = coding.get("system") or ""
+            if system == _OUR_VOCABULARY:  # a code that had no vocabulary prefix
+                code = str(coding["code"])
+                continue
             vocabulary = VOCABULARY_BY_SYSTEM.get(system) or (system.rstrip("/").rsplit("/", 1)[-1] or "CODE")
             code = f"{vocabulary}/{coding['code']}"
         if name is None and isinstance(coding.get("display"), str):
@@ -209,11 +215,25 @@ def _decode_attachment(attachment: dict) -> str | None:
         return raw.decode("utf-8", errors="replace").strip()
 
 
-def _own_extension(resource: dict, url: str) -> str | None:
+def _own_extension(resource: dict, url: str, key: str | None = None) -> Any:
     for extension in resource.get("extension") or []:
         if isinstance(extension, dict) and extension.get("url") == url:
-            return extension.get("valueCode") or extension.get("valueString")
+            if key is not None:
+                return extension.get(key)
+            for value_key in ("valueCode", "valueString", "valueBoolean", "valueDateTime"):
+                if value_key in extension:
+                    return extension[value_key]
     return None
+
+
+def _apply_our_extensions(event: Event, resource: dict) -> Event:
+    """Value, unit and text our exporter kept in extensions (where the resource had no element for them)."""
+    updates = {}
+    for field in ("value", "unit", "text"):
+        found = _own_extension(resource, _OURS + f"event-{field}")
+        if found is not None:
+            updates[field] = str(found)
+    return event.model_copy(update=updates) if updates else event
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -303,7 +323,17 @@ def _reference_id(reference: str, resource_type: str) -> str | None:
     return None
 
 
+def _original_id(resource: dict) -> str | None:
+    """The timeline id our exporter kept as an identifier when it was not a valid FHIR id."""
+    for identifier in resource.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("system") == _ID_SYSTEM and identifier.get("value"):
+            return str(identifier["value"])
+    return None
+
+
 def _patient_id_of(resource: dict, full_url: str | None) -> str | None:
+    if _original_id(resource):
+        return _original_id(resource)
     if resource.get("id"):
         return str(resource["id"])
     if full_url and full_url.startswith("urn:uuid:"):
@@ -557,10 +587,14 @@ class _Timeline:
                 continue
             resource_id = item.resource.get("id")
             if kind in _EVENT_TYPES or kind == "Encounter":
-                if not resource_id and item.full_url and item.full_url.startswith("urn:uuid:"):
+                original = _original_id(item.resource)
+                if original:  # our exporter's stand-in id for a timeline id FHIR cannot hold
+                    resource_id = original
+                    item.resource = {**item.resource, "id": resource_id}
+                elif not resource_id and item.full_url and item.full_url.startswith("urn:uuid:"):
                     resource_id = item.full_url[len("urn:uuid:"):]
                     item.resource = {**item.resource, "id": resource_id}
-                if not resource_id or not _FHIR_ID.match(str(resource_id)):
+                if not resource_id or not (original or _FHIR_ID.match(str(resource_id))):
                     self.warnings.add("resource without a usable id skipped", item.where)
                     continue
                 if resource_id in seen_ids:
@@ -583,9 +617,12 @@ class _Timeline:
                 sub_visits.append((item, parent["reference"]))
                 continue
             encounter_id = str(resource["id"])
+            # Our exporter marks encounters that had no visit event of their own; any other Encounter is one.
+            own_event = [] if _own_extension(resource, _OURS + "encounter-without-visit-event") is not None \
+                else [self.visit_event(resource, start)]
             encounters[encounter_id] = Encounter(
                 encounter_id=encounter_id, type=self.encounter_type(resource), start=start, end=end,
-                events=[self.visit_event(resource, start)],
+                events=own_event,
             )
             for key in _reference_keys(resource, item.full_url):
                 encounter_keys[key] = encounter_id
@@ -614,11 +651,14 @@ class _Timeline:
                 )
             holder.events.append(event)
 
-        for item, parent_ref in sub_visits:
-            event = self.visit_event(item.resource, self.period(item.resource.get("period"))[0])
-            place(event, {"reference": parent_ref}, item.where)
+        # Visit events of sub-encounters and the other events, in the order of the files.
+        parent_of = {id(item): parent_ref for item, parent_ref in sub_visits}
         for item in self.resources:
             resource = item.resource
+            if id(item) in parent_of:
+                event = self.visit_event(resource, self.period(resource.get("period"))[0])
+                place(event, {"reference": parent_of[id(item)]}, item.where)
+                continue
             if resource["resourceType"] not in _EVENT_TYPES or item.where is None:
                 continue
             if not resource.get("id") or resource["id"] not in seen_ids:
@@ -650,7 +690,11 @@ class _Timeline:
             elif url.endswith("us-core-ethnicity"):
                 ethnicity = text
         birth = parse_fhir_datetime(patient.get("birthDate"))
-        return Demographics(birthdate=birth, gender=patient.get("gender"), race=race, ethnicity=ethnicity)
+        birth_time = _own_extension(patient.get("_birthDate") or {},
+                                    "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime")
+        birth = parse_fhir_datetime(birth_time) or birth
+        gender = _own_extension(patient, _OURS + "gender-text") or patient.get("gender")
+        return Demographics(birthdate=birth, gender=gender, race=race, ethnicity=ethnicity)
 
     @staticmethod
     def period(period: Any) -> tuple[datetime | None, datetime | None]:
@@ -673,6 +717,8 @@ class _Timeline:
         return "encounter"
 
     def visit_event(self, resource: dict, start: datetime) -> Event:
+        if _own_extension(resource, MEDALIGN_KIND_EXTENSION) is not None:
+            return self.our_visit_event(resource, start)
         details = []
         klass = resource.get("class")
         if isinstance(klass, dict) and (klass.get("display") or klass.get("code")):
@@ -706,6 +752,16 @@ class _Timeline:
             code=code, name=self.encounter_type(resource),
             value=None, unit=None, text="\n".join(details) or None,
         )
+
+    def our_visit_event(self, resource: dict, start: datetime) -> Event:
+        """A visit event our exporter wrote: the last type holds its code and name, extensions the rest."""
+        types = resource.get("type") or [None]
+        code, name = fhir_code(types[-1])
+        stamp = parse_fhir_datetime(_own_extension(resource, _OURS + "event-time", "valueDateTime")) or start
+        event = Event(event_id=str(resource["id"]), timestamp=stamp,
+                      kind=EventKind(_own_extension(resource, MEDALIGN_KIND_EXTENSION)),
+                      source_type=_own_extension(resource, MEDALIGN_SOURCE_TYPE_EXTENSION), code=code, name=name)
+        return _apply_our_extensions(event, resource)
 
     def event(self, resource: dict) -> tuple[Event, dict | None]:
         """The event of one clinical resource and its encounter reference (None when it names none)."""
@@ -770,8 +826,8 @@ class _Timeline:
                     dose = dose or rate.get("doseQuantity")
                 if value is None and dose:
                     value, unit = _quantity(dose)
-                if dosage.get("text"):
-                    notes.append(dosage["text"])
+                if value is None and dosage.get("text"):
+                    value = dosage["text"]
         elif kind_name == "Procedure":
             kind = EventKind.procedure
             stamp = self.first_time(resource, "performedDateTime", "performedPeriod", "performedString")
@@ -797,7 +853,11 @@ class _Timeline:
             code, name = fhir_code(resource.get("type"))
             bodies = [_decode_attachment(content.get("attachment") or {}) for content in resource.get("content") or []
                       if isinstance(content, dict)]
-            text = "\n\n".join(b for b in bodies if b) or resource.get("description")
+            text = "\n\n".join(b for b in bodies if b) or None
+            if text is None:
+                text = resource.get("description")
+            else:
+                value = resource.get("description")
             if not text:
                 raise _Skip("DocumentReference without inline text skipped")
             # R4 keeps the encounter under context.encounter (a list).
@@ -817,7 +877,7 @@ class _Timeline:
             text = "\n".join(str(n) for n in notes)
         event = Event(event_id=str(resource["id"]), timestamp=stamp, kind=kind, source_type=source_type,
                       code=code, name=name, value=value, unit=unit, text=text)
-        return event, encounter_reference
+        return _apply_our_extensions(event, resource), encounter_reference
 
     def first_time(self, resource: dict, *keys: str) -> datetime | None:
         for key in keys:
