@@ -311,7 +311,7 @@ class OmopSource:
                            {times}{names}{plain}
                     FROM {n} t LEFT JOIN concept c ON c.concept_id = t.{table.concept_column}{joins}
                     WHERE t.person_id IN ({marks})
-                    ORDER BY t.person_id, t.{table.id_column}""")
+                    ORDER BY ALL""")
         return by_patient
 
     def _concept(self, table: str, concept_id: Any, name: Any, vocabulary: Any, code: Any,
