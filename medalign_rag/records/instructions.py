@@ -21,11 +21,20 @@ from medalign_rag.records.model import Instruction, ModelResponse, check_patient
 
 __all__ = [
     "INSTRUCTION_COLUMNS",
+    "MODEL_RESPONSE_COLUMNS",
+    "INSTRUCTIONS_FILENAME",
+    "MODEL_RESPONSES_FILENAME",
     "read_instruction_table",
     "write_instruction_table",
     "read_model_responses",
+    "read_model_response_questions",
+    "write_model_responses_table",
+    "write_release_tables",
     "parse_bool",
 ]
+
+INSTRUCTIONS_FILENAME = "clinician-instruction-responses.tsv"
+MODEL_RESPONSES_FILENAME = "clinician-reviewed-model-responses.tsv"
 
 INSTRUCTION_COLUMNS = (
     "instruction_id",
@@ -38,6 +47,17 @@ INSTRUCTION_COLUMNS = (
     "evidence_event_ids",
     "category",
     "metadata_json",
+)
+MODEL_RESPONSE_COLUMNS = (
+    "instruction_id",
+    "question",
+    "person_id",
+    "filename",
+    "model_name",
+    "model_response",
+    "binary_correct",
+    "model_rank",
+    "clinician_response",
 )
 _INSTRUCTION_REQUIRED = ("instruction_id", "question", "person_id")
 _RESPONSES_REQUIRED = ("instruction_id", "person_id", "model_name")
@@ -226,6 +246,8 @@ def read_model_responses(path: str | os.PathLike) -> list[ModelResponse]:
     response_column = _response_column(columns, path)
     responses: list[ModelResponse] = []
     for row in rows:
+        if not row.cells.get("model_name", "").strip() and not row.cells.get(response_column, "").strip():
+            continue  # a row that only carries the question (what `write_release_tables` writes without responses)
         rank_raw = row.cells.get("model_rank", "").strip()
         rank: float | None = None
         if rank_raw.lower() not in _MISSING_WORDS:
@@ -253,6 +275,30 @@ def read_model_responses(path: str | os.PathLike) -> list[ModelResponse]:
     return responses
 
 
+def read_model_response_questions(path: str | os.PathLike) -> list[Instruction]:
+    """The instructions the model-response table names (id, patient, question), once each, in file order.
+
+    MedHELM takes its questions from this table; rows without a model response count too. A table without a
+    `question` column names no questions ([]).
+    """
+    path = Path(path)
+    columns, rows = _read_rows(path, ("instruction_id", "person_id"))
+    if "question" not in columns:
+        return []
+    found: dict[str, Instruction] = {}
+    for row in rows:
+        instruction_id = _required_cell(path, row, "instruction_id")
+        if instruction_id in found:
+            continue
+        question = row.cells.get("question", "")
+        if not question.strip():
+            raise _bad(path, row, "question", "empty value")
+        found[instruction_id] = Instruction(
+            instruction_id=instruction_id, patient_id=_patient_id(path, row), question=question
+        )
+    return list(found.values())
+
+
 # ------------------------------------------------------------------------------------------------ writing
 
 
@@ -268,10 +314,13 @@ def _format_time_anchor(value: datetime | None) -> str:
     return value.isoformat(sep=" ") if value else ""
 
 
-def write_instruction_table(instructions: Sequence[Instruction], path: str | os.PathLike) -> None:
+def write_instruction_table(
+    instructions: Sequence[Instruction], path: str | os.PathLike, *, annotator_prefix: str = ""
+) -> None:
     """Atomically write `instructions` as a tab-separated table that `read_instruction_table` reads back.
 
-    One row per reference answer (annotator_num 1, 2, ...), or one row with an empty answer when there is none.
+    One row per reference answer (annotator_num 1, 2, ... or, with `annotator_prefix="Annotator_"`, the
+    release's `Annotator_1`, ...), or one row with an empty answer when there is none.
     The output depends only on the input, so the same instructions give a byte-identical file.
     """
     path = Path(path)
@@ -304,7 +353,61 @@ def write_instruction_table(instructions: Sequence[Instruction], path: str | os.
             cells = {
                 **shared,
                 "clinician_response": answer,
-                "annotator_num": str(number) if instruction.reference_answers else "",
+                "annotator_num": f"{annotator_prefix}{number}" if instruction.reference_answers else "",
             }
             lines.append("\t".join(_cell(cells[column]) for column in INSTRUCTION_COLUMNS))
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def _format_bool(value: bool | None) -> str:
+    return "" if value is None else ("1" if value else "0")
+
+
+def _format_rank(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def write_model_responses_table(
+    responses: Sequence[ModelResponse], path: str | os.PathLike, *, questions: Sequence[Instruction] = ()
+) -> None:
+    """Atomically write `clinician-reviewed-model-responses.tsv`: one row per response, then one row with the
+    question alone (empty model_name and response) for each of `questions` that no response names, so that a
+    reader taking its questions from this table (MedHELM) finds every instruction."""
+    path = Path(path)
+    lines = ["\t".join(MODEL_RESPONSE_COLUMNS)]
+    answered = set()
+    for response in responses:
+        check_patient_id(response.patient_id, path=str(path))
+        answered.add(response.instruction_id)
+        cells = {
+            "instruction_id": response.instruction_id, "question": response.question,
+            "person_id": response.patient_id, "filename": f"{response.patient_id}.xml",
+            "model_name": response.model_name, "model_response": response.response,
+            "binary_correct": _format_bool(response.binary_correct), "model_rank": _format_rank(response.rank),
+            "clinician_response": response.clinician_response or "",
+        }
+        lines.append("\t".join(_cell(cells[column]) for column in MODEL_RESPONSE_COLUMNS))
+    for instruction in questions:
+        if instruction.instruction_id in answered:
+            continue
+        check_patient_id(instruction.patient_id, path=str(path))
+        cells = dict.fromkeys(MODEL_RESPONSE_COLUMNS, "")
+        cells.update(instruction_id=instruction.instruction_id, question=instruction.question,
+                     person_id=instruction.patient_id, filename=f"{instruction.patient_id}.xml")
+        lines.append("\t".join(_cell(cells[column]) for column in MODEL_RESPONSE_COLUMNS))
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def write_release_tables(
+    instructions: Sequence[Instruction], out_dir: str | os.PathLike, responses: Sequence[ModelResponse] = ()
+) -> tuple[Path, Path]:
+    """Both tables of MedAlign's release in `out_dir`, as MedHELM reads them: the instruction table with
+    `annotator_num` `Annotator_1`, ... and the model-response table holding every question."""
+    out = Path(out_dir)
+    instructions_path = out / INSTRUCTIONS_FILENAME
+    responses_path = out / MODEL_RESPONSES_FILENAME
+    write_instruction_table(instructions, instructions_path, annotator_prefix="Annotator_")
+    write_model_responses_table(responses, responses_path, questions=instructions)
+    return instructions_path, responses_path

@@ -19,8 +19,14 @@ from pathlib import Path
 
 from medalign_rag.atomic import file_sha256
 from medalign_rag.errors import MedalignError
-from medalign_rag.records.instructions import read_instruction_table, read_model_responses
-from medalign_rag.records.model import Instruction, ModelResponse, PatientRecord, check_patient_id
+from medalign_rag.records.instructions import (
+    INSTRUCTIONS_FILENAME,
+    MODEL_RESPONSES_FILENAME,
+    read_instruction_table,
+    read_model_response_questions,
+    read_model_responses,
+)
+from medalign_rag.records.model import Instruction, ModelResponse, PatientRecord, check_patient_id  # noqa: F401
 from medalign_rag.records.readers import read_record
 from medalign_rag.records.sources import register_source
 
@@ -39,8 +45,6 @@ RELEASE_EHRS_DIRNAME = "medalign_ehr_xml"
 EHRS_DIRNAME = "ehrs"
 # Looked for in this order: the release's own name first.
 EHRS_DIRNAMES = (RELEASE_EHRS_DIRNAME, EHRS_DIRNAME)
-INSTRUCTIONS_FILENAME = "clinician-instruction-responses.tsv"
-MODEL_RESPONSES_FILENAME = "clinician-reviewed-model-responses.tsv"
 
 
 def _is_record_file(path: Path) -> bool:
@@ -120,17 +124,10 @@ class DataFolder:
         found = read_instruction_table(self.instructions_path) if self.instructions_path.is_file() else []
         if self.model_responses_path.is_file():
             known = {instruction.instruction_id for instruction in found}
-            for response in read_model_responses(self.model_responses_path):
-                if response.instruction_id in known or not response.question.strip():
-                    continue
-                known.add(response.instruction_id)
-                found.append(
-                    Instruction(
-                        instruction_id=response.instruction_id,
-                        patient_id=response.patient_id,
-                        question=response.question,
-                    )
-                )
+            for instruction in read_model_response_questions(self.model_responses_path):
+                if instruction.instruction_id not in known:
+                    known.add(instruction.instruction_id)
+                    found.append(instruction)
         return found
 
     def model_responses(self) -> list[ModelResponse]:
