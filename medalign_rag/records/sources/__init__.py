@@ -91,6 +91,13 @@ _REGISTRY: dict[str, _Registration] = {}
 # Modules that register the built-in sources; imported on first use so `import medalign_rag` stays light
 # (duckdb, pyarrow and fhir are only needed when such data is opened).
 _BUILTIN_MODULES = ("medalign_xml", "meds", "omop", "fhir")
+# Detection order: the built-in sources in this order (whatever imported them first), then any others as registered.
+_BUILTIN_ORDER = ("medalign-xml", "meds", "omop", "fhir")
+
+
+def _ordered() -> list[_Registration]:
+    rank = {name: position for position, name in enumerate(_BUILTIN_ORDER)}
+    return sorted(_REGISTRY.values(), key=lambda r: rank.get(r.name, len(rank)))
 
 
 def register_source(name: str, *, detect: Callable[[Path], bool]):
@@ -112,7 +119,7 @@ def _load_builtins() -> None:
 def source_names() -> tuple[str, ...]:
     """Registered source names, in detection order."""
     _load_builtins()
-    return tuple(_REGISTRY)
+    return tuple(r.name for r in _ordered())
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -121,13 +128,13 @@ def detect_format(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.exists():
         raise MedalignError("data not found", path=path)
-    for registration in _REGISTRY.values():
+    for registration in _ordered():
         if registration.detect(path):
             return registration.name
     raise MedalignError(
         "cannot tell what records these are: expected a MedAlign folder (ehrs/ or medalign_ehr_xml/ with XML), "
         "a MEDS folder (data/*.parquet, metadata/), an OMOP CDM (.duckdb file or folder of person/... tables) or "
-        f"FHIR R4 (Bundle .json / .ndjson files); say which with --format ({', '.join(_REGISTRY)})",
+        f"FHIR R4 (Bundle .json / .ndjson files); say which with --format ({', '.join(source_names())})",
         path=path,
     )
 
@@ -138,7 +145,7 @@ def open_source(path: str | os.PathLike, format: str | None = None) -> RecordSou
     if format is None:
         format = detect_format(path)
     elif format not in _REGISTRY:
-        raise MedalignError(f"unknown data format {format!r} (known: {', '.join(_REGISTRY)})")
+        raise MedalignError(f"unknown data format {format!r} (known: {', '.join(source_names())})")
     if not Path(path).exists():
         raise MedalignError("data not found", path=path)
     return _REGISTRY[format].factory(Path(path))
