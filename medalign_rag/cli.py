@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 convert_app = typer.Typer(no_args_is_help=True, help="Convert public datasets into MedAlign's release layout.")
 app.add_typer(convert_app, name="convert")
+export_app = typer.Typer(no_args_is_help=True, help="Write records in another standard format.")
+app.add_typer(export_app, name="export")
 
 console = Console(stderr=True)
 stdout = Console()
@@ -46,11 +48,53 @@ def print_json(payload) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def open_data(path: Path):
+DATA_HELP = ("Records: a MedAlign folder (medalign_ehr_xml/ or ehrs/ with XML [+ instruction TSVs]), a MEDS folder, "
+             "an OMOP CDM (.duckdb file or folder of CSV/parquet tables) or FHIR R4 (Bundle .json / .ndjson files).")
+
+
+def _format_help() -> str:
+    from medalign_rag.records.sources import source_names
+
+    return "Record format, when detecting it from --data is not wanted: " + ", ".join(source_names()) + "."
+
+
+def _check_format(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return value
+    from medalign_rag.records.sources import source_names
+
+    if value not in source_names():
+        raise MedalignError(f"--format {value!r} is not one of {', '.join(source_names())}")
+    return value
+
+
+def open_data(path: Path, format: Optional[str] = None):
     """The record source at `path` (every command opens data through here)."""
     from medalign_rag.records.dataset import open_data
 
-    return open_data(path)
+    return open_data(path, format=format)
+
+
+def _check_patients(source, wanted: list[str]) -> list[str]:
+    """`wanted` if every id is safe and in the source; else one MedalignError naming the first that is not."""
+    from medalign_rag.records.model import check_patient_id
+
+    known = None
+    for patient_id in wanted:
+        check_patient_id(patient_id)
+        known = known if known is not None else set(source.patient_ids())
+        if patient_id not in known:
+            raise MedalignError(f"no patient {patient_id!r} in the data")
+    return wanted
+
+
+def _print_source_warnings(source) -> list[str]:
+    """Counted, non-fatal problems met while reading (one line per kind), on stderr; returned for --json."""
+    warnings = getattr(source, "warnings", None)
+    lines = warnings.lines() if warnings else []
+    for line in lines:
+        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+    return lines
 
 
 def _strategy_help() -> str:
@@ -107,23 +151,24 @@ def _patient_rows(data, patient_ids, counter) -> list[dict]:
 
 @app.command()
 def inspect(
-    data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml [+ instruction TSV])."),
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    data_format: Optional[str] = typer.Option(None, "--format", help=_format_help(), callback=_check_format),
     patient: Optional[str] = typer.Option(None, "--patient", help="Only this patient."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Per patient: encounters, events, notes and tokens (cl100k)."""
     from medalign_rag.tokenization import default_counter
 
-    folder = open_data(data)
-    patient_ids = [folder.record_path(patient).stem] if patient else folder.patient_ids()
+    folder = open_data(data, data_format)
+    patient_ids = _check_patients(folder, [patient]) if patient else folder.patient_ids()
     rows = _patient_rows(folder, patient_ids, default_counter())
     instructions = folder.instructions()
     if patient:
         instructions = [i for i in instructions if i.patient_id == patient]
+    warnings = _print_source_warnings(folder)
     if as_json:
-        payload = {"data": str(data), "patients": rows}
-        if folder.instructions_path.is_file():
-            payload["instructions"] = len(instructions)
+        payload = {"data": str(data), "format": getattr(folder, "format_name", None), "patients": rows,
+                   "instructions": len(instructions), "warnings": warnings}
         print_json(payload)
         return
     table = Table(title=f"{data}")
@@ -132,7 +177,7 @@ def inspect(
     for row in rows:
         table.add_row(*(str(row[c]) for c in ("patient_id", "encounters", "events", "notes", "tokens", "first", "last")))
     stdout.print(table)
-    if folder.instructions_path.is_file():
+    if instructions:
         stdout.print(f"instructions: {len(instructions)}")
 
 
@@ -149,7 +194,8 @@ def _index_settings(index_dir: Optional[Path], embedding_model: Optional[str] = 
 
 @app.command()
 def index(
-    data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml)."),
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    data_format: Optional[str] = typer.Option(None, "--format", help=_format_help(), callback=_check_format),
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="Where indexes live (default: indexes/)."),
     patient: Optional[list[str]] = typer.Option(None, "--patient", help="Only these patients (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even unchanged patients."),
@@ -159,8 +205,8 @@ def index(
     """Build one FAISS index per patient; unchanged patients are skipped."""
     from medalign_rag.index.builder import IndexBuilder
 
-    folder = open_data(data)
-    patient_ids = [folder.record_path(p).stem for p in patient] if patient else folder.patient_ids()
+    folder = open_data(data, data_format)
+    patient_ids = _check_patients(folder, list(patient)) if patient else folder.patient_ids()
     builder = IndexBuilder(_index_settings(index_dir, embedding_model))
     with progress_bar() as progress:
         task = progress.add_task("indexing", total=len(patient_ids))
@@ -169,6 +215,7 @@ def index(
             progress.update(task, advance=1, description=f"indexing ({result.patient_id}: {result.status})")
 
         report = builder.build(folder, patient_ids, force=force, on_patient=advance)
+    _print_source_warnings(folder)
     if as_json:
         print_json(report.model_dump(mode="json"))
     else:
@@ -197,8 +244,9 @@ def _parse_time(value: Optional[str]) -> Optional[datetime]:
 @app.command()
 def ask(
     instruction: str = typer.Argument(..., help="The clinician's instruction or question."),
-    data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml)."),
-    patient: str = typer.Option(..., "--patient", help="Patient id (file stem under ehrs/)."),
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    data_format: Optional[str] = typer.Option(None, "--format", help=_format_help(), callback=_check_format),
+    patient: str = typer.Option(..., "--patient", help="Patient id (as `inspect` lists them)."),
     strategy: str = typer.Option("temporal", "--strategy", help=_strategy_help(), callback=_check_strategy),
     budget: int = typer.Option(8192, "--budget", min=1, help="Prompt token budget (model tokens)."),
     backend: Optional[str] = typer.Option(
@@ -217,8 +265,8 @@ def ask(
     run = load_run_config(config) if config else None
     request = AnswerRequest(patient_id=patient, question=instruction, strategy=strategy, budget=budget,
                             time_anchor=_parse_time(time_anchor))
-    folder = open_data(data)
-    folder.record_path(patient)
+    folder = open_data(data, data_format)
+    _check_patients(folder, [patient])
     # a flag overrides the config only when the user gave it
     backend = backend or (run.backend if run is not None else "local")
     generator = None if backend == "none" else make_generator(backend, run)
@@ -365,7 +413,8 @@ def convert_fhir(
 
 @app.command()
 def serve(
-    data: Path = typer.Option(..., "--data", help="A data folder (ehrs/*.xml)."),
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    data_format: Optional[str] = typer.Option(None, "--format", help=_format_help(), callback=_check_format),
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="Where indexes live (default: indexes/)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML run config for backend and index options."),
     backend: Optional[str] = typer.Option(
@@ -396,7 +445,7 @@ def serve(
     check_bind(host, token)  # before the models load, which takes a while
     run = load_run_config(config) if config else None
     backend = backend or (run.backend if run is not None else "local")
-    source = open_data(data)
+    source = open_data(data, data_format)
     settings = run.index if run is not None else _index_settings(None)
     if index_dir is not None:
         settings.index_dir = index_dir
@@ -415,6 +464,25 @@ def serve(
         )
         pipeline.builder.embedder  # load it now, not on the first question
     run_server(create_app(pipeline, source, token=token), host=host, port=port, token=token, log_level=log_level)
+
+
+@export_app.command("fhir")
+def export_fhir_command(
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", help="Folder for one FHIR R4 Bundle per patient (<patient_id>.json)."),
+    data_format: Optional[str] = typer.Option(None, "--format", help=_format_help(), callback=_check_format),
+    patient: Optional[list[str]] = typer.Option(None, "--patient", help="Only these patients (repeatable)."),
+) -> None:
+    """Write each patient's timeline as a FHIR R4 Bundle (resource ids = event ids)."""
+    from medalign_rag.records.export_fhir import export_fhir
+
+    source = open_data(data, data_format)
+    patient_ids = _check_patients(source, list(patient)) if patient else source.patient_ids()
+    with progress_bar() as progress:
+        task = progress.add_task("exporting", total=len(patient_ids))
+        summary = export_fhir(source, out, patient_ids, on_patient=lambda _: progress.advance(task))
+    _print_source_warnings(source)
+    console.print(f"wrote {summary.patients} FHIR bundles ({summary.resources} resources) to {out}")
 
 
 def set_process_environment() -> None:

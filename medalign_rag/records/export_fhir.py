@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from medalign_rag.atomic import atomic_write_text
 from medalign_rag.errors import MedalignError
@@ -269,7 +269,8 @@ def record_to_bundle(record: PatientRecord) -> dict:
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
-def export_fhir(source, out_dir: str | os.PathLike, patient_ids: Iterable[str] | None = None) -> ExportSummary:
+def export_fhir(source, out_dir: str | os.PathLike, patient_ids: Iterable[str] | None = None,
+                on_patient: Callable[[str], None] | None = None) -> ExportSummary:
     """Write each patient of `source` (any RecordSource) as `<out_dir>/<patient_id>.json`; files are atomic."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -284,4 +285,6 @@ def export_fhir(source, out_dir: str | os.PathLike, patient_ids: Iterable[str] |
         summary.patients += 1
         summary.resources += len(bundle["entry"])
         summary.files.append(path)
+        if on_patient is not None:
+            on_patient(patient_id)
     return summary
