@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -365,12 +366,20 @@ class FhirSource:
         self._patients: dict[str, _PatientFiles] | None = None
         self._shared_files: list[Path] = []
         self._shared: dict[str, list[_Resource]] | None = None  # reference key -> resources
+        # A server builds indexes from several threads: the file index and the shared targets are built once.
+        self._lock = threading.RLock()
 
     # -------------------------------------------------------------------------- index of files (built once)
 
     def _index(self) -> dict[str, _PatientFiles]:
         if self._patients is not None:
             return self._patients
+        with self._lock:
+            if self._patients is None:
+                self._patients = self._scan()
+            return self._patients
+
+    def _scan(self) -> dict[str, _PatientFiles]:
         patients: dict[str, _PatientFiles] = defaultdict(_PatientFiles)
         pending: list[tuple[Path, int, str]] = []  # (file, position, patient reference) resolved after the scan
         url_to_patient: dict[str, str] = {}
@@ -418,8 +427,7 @@ class FhirSource:
             target = patients[pid].lines if path.suffix.lower() == ".ndjson" else patients[pid].entries
             target[path].append(position)
         self._shared_files = sorted(set(self._shared_files))
-        self._patients = dict(patients)
-        return self._patients
+        return dict(patients)
 
     def patient_ids(self) -> list[str]:
         return sorted(self._index())
@@ -458,6 +466,10 @@ class FhirSource:
 
     def _shared_targets(self) -> dict[str, list[_Resource]]:
         """Reference targets (Practitioner, Organization, Location, Medication, ...) from files without one owner."""
+        with self._lock:
+            return self._build_shared_targets()
+
+    def _build_shared_targets(self) -> dict[str, list[_Resource]]:
         if self._shared is None:
             self._index()
             shared: dict[str, list[_Resource]] = defaultdict(list)
