@@ -26,7 +26,7 @@ from medalign_rag.records.instructions import (
     read_model_response_questions,
     read_model_responses,
 )
-from medalign_rag.records.model import Instruction, ModelResponse, PatientRecord, check_patient_id  # noqa: F401
+from medalign_rag.records.model import Instruction, ModelResponse, PatientRecord, check_patient_id
 from medalign_rag.records.readers import read_record
 from medalign_rag.records.sources import register_source
 
