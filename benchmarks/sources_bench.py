@@ -136,12 +136,17 @@ def bench_meds(out: Path) -> dict:
             "xml": {**summary(xml_ms), "events": xml_events}}
 
 
-def bench_fhir(out: Path) -> dict:
+def bench_fhir(out: Path, index_patients: int | None) -> dict:
     folder = SHARED / "synthea_fhir"
     inspect = timed_cli("inspect", "--data", str(folder), "--json")
     payload = _json(inspect.pop("stdout"))
     rows = payload["patients"]
-    index = timed_cli("index", "--data", str(folder), "--index-dir", str(out / "fhir_idx"), "--json")
+    chosen = rows if index_patients is None else rows[:index_patients]
+    index_args = ["index", "--data", str(folder), "--index-dir", str(out / "fhir_idx"), "--json"]
+    if index_patients is not None:
+        for row in chosen:
+            index_args += ["--patient", row["patient_id"]]
+    index = timed_cli(*index_args)
     report = _json(index.pop("stdout"))
     events = [r["events"] for r in rows]
     notes = [r["notes"] for r in rows]
@@ -152,7 +157,8 @@ def bench_fhir(out: Path) -> dict:
         "tokens_total": sum(r["tokens"] for r in rows),
         "warnings": payload["warnings"],
         "inspect": inspect,
-        "index": {**index, "statuses": sorted({r["status"] for r in report["results"]})},
+        "index": {**index, "statuses": sorted({r["status"] for r in report["results"]}), "patients": len(chosen),
+                  "events": sum(r["events"] for r in chosen), "tokens": sum(r["tokens"] for r in chosen)},
     }
 
 
@@ -207,7 +213,9 @@ def section(results: dict) -> str:
             "| step | seconds | peak RSS MiB | load after |", "|---|---:|---:|---:|",
             f"| `inspect` all | {fhir['inspect']['seconds']} | {fhir['inspect']['peak_rss_mib']} | "
             f"{fhir['inspect']['load_1min_after']} |",
-            f"| `index` all ({', '.join(fhir['index']['statuses'])}) | {fhir['index']['seconds']} | "
+            f"| `index` {'all' if fhir['index']['patients'] == fhir['patients'] else 'the first'} "
+            f"{fhir['index']['patients']} patients ({fhir['index']['events']:,} events, {fhir['index']['tokens']:,} "
+            f"tokens; {', '.join(fhir['index']['statuses'])}) | {fhir['index']['seconds']} | "
             f"{fhir['index']['peak_rss_mib']} | {fhir['index']['load_1min_after']} |", "",
             "Skipped and counted (not clinical events): "
             + "; ".join(re.sub(r" \(e\.g\..*", "", w) for w in fhir["warnings"]) + ".", "",
@@ -218,7 +226,8 @@ def section(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--index-patients", type=int, default=100)
+    parser.add_argument("--index-patients", type=int, default=100, help="OMOP persons to index.")
+    parser.add_argument("--fhir-index-patients", type=int, default=None, help="FHIR patients to index (all).")
     parser.add_argument("--only", choices=["omop", "meds", "fhir"], action="append")
     parser.add_argument("--write", action="store_true", help="Replace the section in benchmarks/RESULTS.md.")
     parser.add_argument("--report-only", action="store_true", help="Only rewrite the section from results.json.")
@@ -229,7 +238,7 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     ran = []
     for name, run in (("omop", lambda: bench_omop(args.out, args.index_patients)), ("meds", lambda: bench_meds(args.out)),
-                      ("fhir", lambda: bench_fhir(args.out))):
+                      ("fhir", lambda: bench_fhir(args.out, args.fhir_index_patients))):
         if args.report_only or (args.only and name not in args.only):
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
