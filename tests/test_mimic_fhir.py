@@ -29,9 +29,14 @@ SUBJECTS = ["10007928", "10016150"]
 
 # (namespace, key built from the source row, the id FHIR-AgentBench's dev.csv uses, our event id)
 KNOWN_IDS = [
-    ("Patient", "10029291", "7ec7078a-0593-5a99-9862-ebbff47fd1c5", None),
+    ("Patient", "10029291", "7ec7078a-0593-5a99-9862-ebbff47fd1c5", "patient-10029291"),
     ("Encounter", "29974575", "ac3f7b4a-3199-5277-907e-d2b1b411a818", "adm-29974575"),
     ("EncounterICU", "35436337", "39f175ad-5bae-5cc5-9da8-3a968ae48254", "icu-35436337"),
+    # A Medication (a drug concept): "drug--formulary_drug_cd--ndc" of the prescriptions row.
+    (
+        "MedicationPrescriptions", "Milk of Magnesia--MOM30L--00121043130", "3910de7b-9039-5d7b-a074-cbe9be0bd5c9",
+        "rx-77601102",
+    ),
     ("Condition", "27993466-5-I82412", "232f5934-8901-599f-aa2c-1dfceae9e3cc", "dx-27993466-5-I82412"),
     ("Procedure", "22205327-5-B548ZZA", "9780364b-459b-5f63-be17-3b39de7a5632", "px-22205327-5-B548ZZA"),
     ("MedicationRequest", "77601102", "ba3f9591-bd6c-5258-ae50-660b260300e0", "rx-77601102"),
@@ -144,7 +149,7 @@ def test_records_carry_source_keys_names_values_and_units(shared_data: Path, fhi
 
     # Labs: id from labevent_id, name from d_labitems, value and unit from the row.
     labs = _read_demo(src, "hosp/labevents")
-    labs = labs[(labs["subject_id"] == "10007928") & labs["value"].notna()]
+    labs = labs[(labs["subject_id"] == "10007928") & labs["value"].notna() & (labs["value"] != "___")]
     d_labitems = _read_demo(src, "hosp/d_labitems").set_index("itemid")
     lab = labs.iloc[0]
     element = events[f"lab-{lab['labevent_id']}"]
@@ -191,6 +196,42 @@ def test_records_carry_source_keys_names_values_and_units(shared_data: Path, fhi
     assert root.find("encounter/person/gender").text in {"Female", "Male"}
 
 
+def test_redacted_lab_values_fall_back_to_valuenum(shared_data: Path, fhir_dir: Path) -> None:
+    """"___" in `value` with a number in `valuenum`: the number, its unit, range and flag reach the record."""
+    src, _, _ = _paths(shared_data)
+    labs = _read_demo(src, "hosp/labevents")
+    labs = labs[labs["subject_id"].isin(SUBJECTS)]
+    redacted = labs[(labs["value"] == "___") & labs["valuenum"].notna()]
+    assert len(redacted) > 10
+    records = {subject: _events_by_id(fhir_dir / "ehrs" / f"{subject}.xml") for subject in SUBJECTS}
+    for row in redacted.itertuples():
+        element = records[row.subject_id][f"lab-{row.labevent_id}"]
+        assert float(element.get("value")) == pytest.approx(float(row.valuenum))
+        assert element.get("unit") == (row.valueuom if isinstance(row.valueuom, str) else None)
+        if isinstance(row.ref_range_lower, str):
+            assert f"reference range {float(row.ref_range_lower):g}-" in element.text
+        assert ("abnormal" in (element.text or "")) == (row.flag == "abnormal")
+        assert "___" not in element.get("value")
+    # Everything else in the record keeps the reported text.
+    plain = labs[labs["value"].notna() & (labs["value"] != "___")].head(50)
+    for row in plain.itertuples():
+        assert records[row.subject_id][f"lab-{row.labevent_id}"].text == row.value.strip()
+
+
+def test_patient_demographics_event(shared_data: Path, fhir_dir: Path) -> None:
+    src, _, _ = _paths(shared_data)
+    patients = _read_demo(src, "hosp/patients").set_index("subject_id")
+    for subject in SUBJECTS:
+        root = ET.parse(fhir_dir / "ehrs" / f"{subject}.xml").getroot()
+        stamps = [entry.get("timestamp") for entry in root.iter("entry")]
+        entry = next(e for e in root.iter("entry") if any(ev.get("id") == f"patient-{subject}" for ev in e))
+        assert entry.get("timestamp") == min(stamps)  # dated at the first recorded event: no anchor hides it
+        event = next(ev for ev in entry if ev.get("id") == f"patient-{subject}")
+        gender = {"F": "Female", "M": "Male"}[patients.loc[subject, "gender"]]
+        assert event.text == f"gender {gender}; age {patients.loc[subject, 'anchor_age']} in " \
+                             f"{patients.loc[subject, 'anchor_year']}"
+
+
 def test_outpatient_days_and_direct_conversion_agree(shared_data: Path, fhir_dir: Path, tmp_path: Path) -> None:
     src, meds, _ = _paths(shared_data)
     summary = convert_mimic_iv_demo(src, meds, tmp_path, subject_ids=["10016150"])
@@ -213,11 +254,12 @@ def test_evidence_resolution(shared_data: Path, fhir_dir: Path) -> None:
     _, resolution = _CACHE["fhir"]
     report = json.loads((fhir_dir / "evidence_resolution.json").read_text())
     assert report == resolution.to_json_dict()
-    for resource_type in ("Condition", "Procedure", "MedicationRequest", "Encounter", "Location"):
+    for resource_type in ("Condition", "Procedure", "MedicationRequest", "Encounter", "Location", "Patient",
+                          "Medication"):
         if resource_type in report:
             assert report[resource_type]["resolved"] == report[resource_type]["ids"] > 0
     assert report["Observation"]["resolved"] >= 0.99 * report["Observation"]["ids"]
-    assert report["Medication"]["resolved"] == 0  # no event stands for a Medication resource
+    assert "Encounter" in report["rules"] and "Encounter (legacy)" in report["rules"]
     assert report["questions"] == 60
     assert report["questions_with_evidence"] > 40
     assert report["questions_resolved"] >= 0.95 * report["questions_with_evidence"]
@@ -230,6 +272,19 @@ def test_evidence_resolution(shared_data: Path, fhir_dir: Path) -> None:
     for instruction in with_evidence:
         missing = [e for e in instruction.evidence_event_ids if e not in record_events[instruction.patient_id]]
         assert not missing, f"{instruction.instruction_id}: evidence not in the record: {missing}"
+        groups, legacy = instruction.metadata["evidence_groups"], instruction.metadata["evidence_groups_legacy"]
+        assert {e for group in groups for e in group} == set(instruction.evidence_event_ids)
+        assert len(groups) == len(legacy)  # the legacy rule changes what covers an id, not which ids count
+        for group, old in zip(groups, legacy):
+            assert set(old) <= set(group)
+            if any(e.startswith("adm-") for e in group):  # Encounter: admission or discharge, legacy admission only
+                hadm = next(e for e in group if e.startswith("adm-")).removeprefix("adm-")
+                assert sorted(group) == [f"adm-{hadm}", f"dis-{hadm}"] and old == [f"adm-{hadm}"]
+    encounter_groups = [g for i in with_evidence for g in i.metadata["evidence_groups"] if len(g) == 2
+                        and g[0].startswith(("adm-", "icu-"))]
+    assert encounter_groups
+    gender = next(i for i in instructions if "gender" in i.metadata["template"])
+    assert gender.metadata["evidence_groups"] == [[f"patient-{gender.patient_id}"]]
 
     anchored = [i for i in instructions if i.time_anchor is not None]
     assert anchored and all(i.time_anchor.year > 2100 for i in anchored)
@@ -250,13 +305,25 @@ def test_known_ids_resolve_in_converted_records(shared_data: Path, tmp_path: Pat
     from medalign_rag.datasets.mimic_iv_demo import load_mimic_events
 
     src, meds, _ = _paths(shared_data)
-    wanted = {"Condition": "10015272", "ObservationMicroSusc": "10016150", "ObservationLabevents": "10006053"}
+    wanted = {"Condition": "10015272", "ObservationMicroSusc": "10016150", "ObservationLabevents": "10006053",
+              "Patient": "10029291", "Encounter": "10020944", "EncounterICU": "10016810",
+              "MedicationPrescriptions": "10005348"}
     data = load_mimic_events(src, meds, subject_ids=set(wanted.values()))
     index = build_fhir_id_index(data)
+    closing = {"Encounter": "dis-29974575", "EncounterICU": "icu-out-35436337"}
     for namespace, _key, fhir_id, event_id in KNOWN_IDS:
-        if namespace in wanted:
-            assert index.resolve(fhir_id, wanted[namespace]) == [event_id]
-            assert index.resolve(fhir_id, "10000032") == []  # another patient's id is no evidence here
+        if namespace not in wanted:
+            continue
+        assert index.resolve(fhir_id, "10000032") == []  # another patient's id is no evidence here
+        resolved = index.resolve(fhir_id, wanted[namespace])
+        if namespace in closing:  # Encounter rule: the opening or the closing event; legacy: the opening one
+            assert resolved == [event_id, closing[namespace]]
+            assert index.resolve(fhir_id, wanted[namespace], legacy=True) == [event_id]
+        elif namespace == "MedicationPrescriptions":  # every prescription of the drug, up to the time anchor
+            assert resolved == [event_id, "rx-73459585"]
+            assert index.resolve(fhir_id, wanted[namespace], datetime(2129, 1, 1)) == [event_id]
+        else:
+            assert resolved == [event_id]
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -5,12 +5,27 @@ FHIR resources. MIMIC-IV-on-FHIR derives every resource id from its source row a
 `uuid5(uuid5(uuid5(NAMESPACE_OID, "MIMIC-IV"), NS), key)` (see docs/formats.md section 5), so recomputing those
 ids for the rows `mimic_iv_demo` converts maps gold evidence onto our event ids.
 
-What maps where:
+What maps where (each gold id becomes one *evidence group*: a set of events of which any one, in the context,
+covers that id; `Instruction.evidence_event_ids` is the union of the groups, and the groups are kept in
+`metadata["evidence_groups"]`):
   Condition / Procedure / MedicationRequest / Observation (labs, ICU charts, outputs, microbiology) -> the event
-  made from that row; Encounter -> the admission event `adm-<hadm_id>`; EncounterICU -> the ICU-stay event
-  `icu-<stay_id>`; Location (a care unit, shared by all patients) -> the patient's transfers into that unit up to
-  the question's time anchor. Patient and Medication resources are no event in a record: they stay out of the
-  evidence and count as unresolved.
+  made from that row.
+  Patient -> the patient's "Patient demographics" event (gender, age at the anchor year).
+  Medication (a drug concept shared by all patients, or a mix of several) -> the patient's prescription rows of
+  that drug (or that mix) up to the question's time anchor.
+  Location (a care unit, shared by all patients) -> the patient's transfers into that unit up to the anchor.
+
+Encounter rule. A FHIR Encounter is a whole stay: its period (admission and discharge times), its class and
+admission type, where the patient came from and went to. In a record, that is what the encounter's header
+(`<encounter start_timestamp=... end_timestamp=...>`) and its opening and closing events say: the admission
+event (`adm-<hadm_id>`: time, admission type and location) and the discharge event (`dis-<hadm_id>`: time,
+discharge location or death, length of stay); for ICU stays `icu-<stay_id>` and `icu-out-<stay_id>`. Either
+event brings the header with both dates into the context, so an Encounter id is covered when *either* is in the
+context. Any other event of the stay would bring the header too, but not the admission type or discharge
+location a reader may need, so they do not count.
+The legacy rule (before this change) mapped an Encounter to its opening event only, the oldest event of the stay
+and the first one truncation cuts; `metadata["evidence_groups_legacy"]` keeps the groups under that rule (all
+else equal), so reports can show coverage both ways.
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ from typing import Iterable
 
 from medalign_rag.atomic import atomic_write_text
 from medalign_rag.datasets.mimic_iv_demo import (
+    MEDICATION_KEY_SEPARATOR,
+    MEDICATION_NAMESPACE,
     ConversionSummary,
     MimicEvents,
     load_with_progress,
@@ -58,7 +75,15 @@ TASK_COLUMNS = (
 )
 # Namespaces whose one id stands for a value shared by many rows (a care unit's name): resolved per patient and
 # only up to the question's time anchor, since a later stay in that unit cannot be evidence.
-_SHARED_NAMESPACES = frozenset({"Location"})
+_SHARED_NAMESPACES = frozenset({"Location", MEDICATION_NAMESPACE})
+# Written into evidence_resolution.json beside the counts, so the file says what "resolved" means.
+EVIDENCE_RULES = {
+    "Encounter": "admission or discharge event of the stay (adm-/dis-, icu-/icu-out-); either covers it",
+    "Encounter (legacy)": "admission event only (adm-, icu-)",
+    "Patient": "the patient's 'Patient demographics' event (gender, age at the anchor year)",
+    "Medication": "the patient's prescriptions of that drug or mix up to the question's time anchor; any covers it",
+    "Location": "the patient's transfers into that care unit up to the question's time anchor; any covers it",
+}
 _ANCHOR = re.compile(r"current time is (\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2})?)", re.IGNORECASE)
 
 
@@ -101,38 +126,67 @@ def category_from_template(template: str | None) -> str:
 # --------------------------------------------------------------------------------------------- id index
 
 
+@dataclass(frozen=True)
+class _Target:
+    subject_id: str
+    event_id: str
+    timestamp: datetime
+    closing: bool  # the event that ends an encounter: evidence under the Encounter rule, not the legacy one
+
+
 @dataclass
 class FhirIdIndex:
     """FHIR resource ids of converted rows -> our event ids, and Patient ids -> subject ids."""
 
     subject_by_patient_id: dict[str, str]
-    # fhir id -> [(subject_id, event_id, timestamp)]; most ids have one entry, Location ids many.
-    events_by_fhir_id: dict[str, list[tuple[str, str, datetime]]]
+    # fhir id -> the events it stands for; most ids have one, Encounters two, Location and Medication ids many.
+    events_by_fhir_id: dict[str, list[_Target]]
     namespace_by_fhir_id: dict[str, str]
 
-    def resolve(self, fhir_id: str, subject_id: str, time_anchor: datetime | None = None) -> list[str]:
-        """Our event ids for `fhir_id` in `subject_id`'s record (empty when it maps to no event)."""
+    def resolve(
+        self, fhir_id: str, subject_id: str, time_anchor: datetime | None = None, *, legacy: bool = False
+    ) -> list[str]:
+        """Our event ids for `fhir_id` in `subject_id`'s record (empty when it maps to no event).
+
+        Any one of them covers the id. `legacy` applies the old Encounter rule (the opening event only).
+        """
         shared = self.namespace_by_fhir_id.get(fhir_id) in _SHARED_NAMESPACES
         return [
-            event_id
-            for subject, event_id, stamp in self.events_by_fhir_id.get(fhir_id, ())
-            if subject == subject_id and not (shared and time_anchor is not None and stamp > time_anchor)
+            target.event_id
+            for target in self.events_by_fhir_id.get(fhir_id, ())
+            if target.subject_id == subject_id
+            and not (legacy and target.closing)
+            and not (shared and time_anchor is not None and target.timestamp > time_anchor)
         ]
 
 
 def build_fhir_id_index(data: MimicEvents) -> FhirIdIndex:
-    """Recompute the MIMIC-IV-on-FHIR id of every converted row that has a FHIR key."""
-    keyed = data.events[data.events["fhir_ns"].notna() & data.events["fhir_key"].notna()]
-    events: dict[str, list[tuple[str, str, datetime]]] = defaultdict(list)
+    """Recompute the MIMIC-IV-on-FHIR id of every converted row that has a FHIR key (and of its Medications)."""
+    events: dict[str, list[_Target]] = defaultdict(list)
     namespaces: dict[str, str] = {}
-    namespace_uuids = {ns: uuid.uuid5(MIMIC_FHIR_NAMESPACE, ns) for ns in keyed["fhir_ns"].unique()}
-    for namespace, key, subject, event_id, stamp in zip(
-        keyed["fhir_ns"], keyed["fhir_key"], keyed["subject_id"], keyed["event_id"],
-        keyed["timestamp"].dt.to_pydatetime(),
-    ):
+    namespace_uuids: dict[str, uuid.UUID] = {}
+
+    def add(namespace: str, key: str, target: _Target) -> None:
+        if namespace not in namespace_uuids:
+            namespace_uuids[namespace] = uuid.uuid5(MIMIC_FHIR_NAMESPACE, namespace)
         fhir_id = str(uuid.uuid5(namespace_uuids[namespace], key))
-        events[fhir_id].append((subject, event_id, stamp))
+        events[fhir_id].append(target)
         namespaces[fhir_id] = namespace
+
+    frame = data.events
+    keyed = frame[frame["fhir_ns"].notna() & frame["fhir_key"].notna()]
+    for namespace, key, subject, event_id, stamp, role in zip(
+        keyed["fhir_ns"], keyed["fhir_key"], keyed["subject_id"], keyed["event_id"],
+        keyed["timestamp"].dt.to_pydatetime(), keyed["fhir_role"],
+    ):
+        add(namespace, key, _Target(subject, event_id, stamp, closing=role == "end"))
+    medicated = frame[frame["medication_keys"].notna()]
+    for keys, subject, event_id, stamp in zip(
+        medicated["medication_keys"], medicated["subject_id"], medicated["event_id"],
+        medicated["timestamp"].dt.to_pydatetime(),
+    ):
+        for key in keys.split(MEDICATION_KEY_SEPARATOR):
+            add(MEDICATION_NAMESPACE, key, _Target(subject, event_id, stamp, closing=False))
     patients = {fhir_resource_id("Patient", str(s)): str(s) for s in data.patients["subject_id"]}
     return FhirIdIndex(subject_by_patient_id=patients, events_by_fhir_id=dict(events), namespace_by_fhir_id=namespaces)
 
@@ -261,12 +315,14 @@ class EvidenceResolution:
         out["questions"] = self.questions
         out["questions_with_evidence"] = self.questions_with_evidence
         out["questions_resolved"] = self.questions_resolved
+        out["rules"] = dict(EVIDENCE_RULES)
         return out
 
 
 def _instruction(task: Task, subject_id: str, index: FhirIdIndex, resolution: EvidenceResolution) -> Instruction:
     anchor = parse_time_anchor(task.assumption)
-    evidence: list[str] = []
+    groups: dict[str, list[str]] = {}  # gold id -> events, any of which covers it
+    legacy_groups: dict[str, list[str]] = {}
     unresolved = 0
     for resource_type, fhir_ids in task.true_fhir_ids.items():
         counts = resolution.by_type.setdefault(resource_type, TypeResolution())
@@ -275,10 +331,11 @@ def _instruction(task: Task, subject_id: str, index: FhirIdIndex, resolution: Ev
             event_ids = index.resolve(fhir_id, subject_id, anchor)
             if event_ids:
                 counts.resolved += 1
-                evidence.extend(event_ids)
+                groups.setdefault(fhir_id, event_ids)  # one gold id may repeat across types: count it once
+                legacy_groups.setdefault(fhir_id, index.resolve(fhir_id, subject_id, anchor, legacy=True))
             else:
                 unresolved += 1
-    evidence = list(dict.fromkeys(evidence))  # one gold id may repeat across types; keep first mention
+    evidence = list(dict.fromkeys(event_id for group in groups.values() for event_id in group))
     if task.true_fhir_ids:
         resolution.questions_with_evidence += 1
         if evidence:
@@ -297,6 +354,8 @@ def _instruction(task: Task, subject_id: str, index: FhirIdIndex, resolution: Ev
             "task_type": task.task_type,
             "assumption": task.assumption,
             "unresolved_fhir_ids": unresolved,
+            "evidence_groups": list(groups.values()),
+            "evidence_groups_legacy": [group for group in legacy_groups.values() if group],
         },
     )
 

@@ -63,7 +63,8 @@ REQUIRED_TABLES: dict[str, tuple[str, ...]] = {
     "hosp/hcpcsevents": ("subject_id", "hadm_id", "chartdate", "hcpcs_cd", "seq_num", "short_description"),
     "hosp/drgcodes": ("subject_id", "hadm_id", "drg_type", "drg_code", "description"),
     "hosp/labevents": (
-        "labevent_id", "subject_id", "hadm_id", "itemid", "charttime", "value", "valueuom", "flag", "comments",
+        "labevent_id", "subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum", "valueuom",
+        "ref_range_lower", "ref_range_upper", "flag", "comments",
     ),
     "hosp/microbiologyevents": (
         "microevent_id", "subject_id", "hadm_id", "micro_specimen_id", "chartdate", "charttime", "spec_type_desc",
@@ -74,7 +75,8 @@ REQUIRED_TABLES: dict[str, tuple[str, ...]] = {
     "hosp/pharmacy": ("subject_id", "hadm_id", "pharmacy_id", "starttime", "stoptime", "medication", "route",
                       "frequency", "entertime"),
     "hosp/prescriptions": (
-        "subject_id", "hadm_id", "pharmacy_id", "starttime", "stoptime", "drug_type", "drug", "ndc",
+        "subject_id", "hadm_id", "pharmacy_id", "starttime", "stoptime", "drug_type", "drug", "formulary_drug_cd",
+        "ndc",
         "dose_val_rx", "dose_unit_rx", "route",
     ),
     "hosp/d_labitems": ("itemid", "label", "fluid"),
@@ -95,8 +97,16 @@ MEDS_COLUMNS = ("subject_id", "time", "code", "value")
 # Columns of the event table every source is turned into (one row per event).
 EVENT_COLUMNS = (
     "subject_id", "hadm_id", "timestamp", "event_id", "kind", "source_type", "code", "name", "value", "unit", "text",
-    "table", "fhir_ns", "fhir_key",
+    "table", "fhir_ns", "fhir_key", "fhir_role", "medication_keys",
 )
+# `fhir_role` is "end" on the event that closes an encounter (hospital discharge, ICU discharge): it shares its
+# encounter's FHIR key, so a gold Encounter id resolves to the admission *or* the discharge (see
+# fhir_agentbench.py, "Encounter rule"); the legacy rule used the opening event only.
+# `medication_keys` holds, for prescription rows, the keys of the FHIR Medication resources the row's
+# MedicationRequest points at (the drug, and the mix when the order has several components), joined by
+# MEDICATION_KEY_SEPARATOR.
+MEDICATION_KEY_SEPARATOR = "\x1f"
+MEDICATION_NAMESPACE = "MedicationPrescriptions"  # MIMIC-IV-on-FHIR's namespace for prescription medications
 
 # ICU charting (d_items categories) left out to keep records readable and their size sane (~20% of chart rows):
 # monitor alarm limits; line/dressing and fall-risk checkboxes, whose numeric value is a bare 0/1 without the
@@ -252,6 +262,8 @@ def _events(
     text: "pd.Series | None" = None,
     fhir_ns: str | None = None,
     fhir_key: "pd.Series | None" = None,
+    fhir_role: str | None = None,
+    medication_keys: "pd.Series | None" = None,
 ) -> "pd.DataFrame":
     """Assemble the event table for one source; absent fields are missing."""
     import pandas as pd
@@ -279,6 +291,8 @@ def _events(
             "table": table,
             "fhir_ns": fhir_ns,
             "fhir_key": column(fhir_key),
+            "fhir_role": fhir_role,
+            "medication_keys": column(medication_keys),
         },
         index=frame.index,
     )
@@ -335,6 +349,7 @@ def _admission_events(adm: "pd.DataFrame") -> list["pd.DataFrame"]:
         _events(
             adm, table="admissions", kind=EventKind.visit, event_id="dis-" + adm["hadm_id"],
             timestamp=adm["dischtime"], name="Hospital discharge", text=discharge_text,
+            fhir_ns="Encounter", fhir_key=adm["hadm_id"], fhir_role="end",
         ),
     ]
 
@@ -373,7 +388,7 @@ def _icu_events(stays: "pd.DataFrame") -> list["pd.DataFrame"]:
         _events(
             stays, table="icustays", kind=EventKind.visit, source_type="visit_detail",
             event_id="icu-out-" + stays["stay_id"], timestamp=stays["outtime"], name="ICU discharge",
-            value=stays["last_careunit"],
+            value=stays["last_careunit"], fhir_ns="EncounterICU", fhir_key=stays["stay_id"], fhir_role="end",
         ),
     ]
 
@@ -441,13 +456,22 @@ def _lab_events(labs: "pd.DataFrame", d_labitems: "pd.DataFrame") -> "pd.DataFra
     fluid = d_labitems["fluid"].where(d_labitems["fluid"].str.lower() != "blood")
     label = d_labitems["label"].where(fluid.isna(), d_labitems["label"] + " (" + fluid + ")")
     names = labs["itemid"].map(dict(zip(d_labitems["itemid"], label)))
-    # Comments stand in for the value when there is none ("HEMOLYZED", "___"); flags and ranges are left out to
-    # keep records small (MedAlign's own records carry neither).
-    value = _clean(labs["value"]).fillna(_truncate(labs["comments"]))
+    # The text `value` is the result as reported; de-identification replaced it by "___" in about 6% of rows
+    # while `valuenum` kept the number (a glucose of 115 read "___"). Then the number is the value, and the
+    # reference range and flag go with it, since the text that would have said "high" is gone too. Ranges and
+    # flags are left out elsewhere to keep records small (MedAlign's own records carry neither). Comments stand
+    # in when there is no number either ("HEMOLYZED").
+    reported = _clean(labs["value"])
+    redacted = reported.isna() | reported.str.fullmatch(r"_+").fillna(False)
+    number = _number_text(labs["valuenum"], digits=4)
+    recovered = redacted & number.notna()
+    value = reported.mask(redacted).fillna(number.where(recovered)).fillna(_truncate(labs["comments"]))
+    lower, upper = _number_text(labs["ref_range_lower"], 4), _number_text(labs["ref_range_upper"], 4)
+    context = _join("reference range " + lower + "-" + upper, _clean(labs["flag"]))
     return _events(
         labs, table="labevents", kind=EventKind.measurement, event_id="lab-" + labs["labevent_id"],
         timestamp=labs["charttime"], name=names.fillna("lab item " + labs["itemid"]),
-        value=value, unit=labs["valueuom"],
+        value=value, unit=labs["valueuom"], text=context.where(recovered),
         fhir_ns="ObservationLabevents", fhir_key=labs["labevent_id"],
     )
 
@@ -512,6 +536,27 @@ def _omr_events(omr: "pd.DataFrame") -> "pd.DataFrame":
     )
 
 
+def _medication_keys(rx: "pd.DataFrame") -> "pd.Series":
+    """Keys of the FHIR Medication resources each prescription row's MedicationRequest points at.
+
+    MIMIC-IV-on-FHIR makes one Medication per distinct (drug, formulary_drug_cd, ndc), keyed
+    "drug--formulary_drug_cd--ndc" (absent parts and their "--" left out; an ndc of 0 counts as absent), and for
+    an order with several components a mix keyed by its components' keys joined with "_" in (drug_type
+    descending, drug) order. Checked on the dev questions: every Medication id resolves this way.
+    """
+    drug_key = rx["drug"].fillna("")
+    formulary = rx["formulary_drug_cd"].fillna("")
+    ndc = rx["ndc"].fillna("")
+    drug_key = drug_key + ("--" + formulary).where(formulary != "", "") + ("--" + ndc).where(
+        ~ndc.isin(["", "0"]), "")
+    ordered = rx.assign(drug_key=drug_key, drug_sort=rx["drug"].fillna("")).sort_values(
+        ["pharmacy_id", "drug_type", "drug_sort"], ascending=[True, False, True], kind="stable")
+    components = ordered.groupby("pharmacy_id")["drug_key"].agg(list)
+    mix_key = components.map(lambda keys: "_".join(keys) if len(keys) > 1 else "")
+    mixes = rx["pharmacy_id"].map(mix_key).fillna("")
+    return drug_key + (MEDICATION_KEY_SEPARATOR + mixes).where(mixes != "", "")
+
+
 def _medication_events(rx: "pd.DataFrame", pharmacy: "pd.DataFrame") -> list["pd.DataFrame"]:
     frequency = dict(zip(pharmacy["pharmacy_id"], pharmacy["frequency"]))
     # One pharmacy order can list several components (the drug and its diluent bag); the main drug gets
@@ -533,7 +578,7 @@ def _medication_events(rx: "pd.DataFrame", pharmacy: "pd.DataFrame") -> list["pd
     prescribed = _events(
         rx, table="prescriptions", kind=EventKind.drug, event_id=event_id, timestamp=starts,
         code="NDC/" + ndc, name=rx["drug"], value=rx["dose_val_rx"], unit=rx["dose_unit_rx"], text=text,
-        fhir_ns="MedicationRequest", fhir_key=rx["pharmacy_id"],
+        fhir_ns="MedicationRequest", fhir_key=rx["pharmacy_id"], medication_keys=_medication_keys(rx),
     )
     # Pharmacy orders with no prescription row (a few dozen) still say a drug was ordered.
     orphans = pharmacy[~pharmacy["pharmacy_id"].isin(set(rx["pharmacy_id"]))]
@@ -652,6 +697,27 @@ def _chart_events(
     return events, notes
 
 
+def _demographic_events(patients: "pd.DataFrame", events: "pd.DataFrame") -> "pd.DataFrame":
+    """One "Patient demographics" event per patient: gender and age at MIMIC's anchor year.
+
+    It is dated at the patient's first recorded event (and filed in that event's admission, if any), so that
+    a question's time anchor never hides it; gold FHIR Patient ids resolve to it. The date of death is not in
+    it (that would reveal the future at the record's start): the death event (out-of-hospital death) or the
+    discharge event (in-hospital death) says it at its time.
+    """
+    first = events.sort_values(["subject_id", "timestamp"], kind="stable").drop_duplicates("subject_id")
+    first = first.set_index("subject_id")
+    rows = patients[patients["subject_id"].isin(first.index)]
+    gender = rows["gender"].map({"F": "Female", "M": "Male"}).fillna(rows["gender"])
+    text = _join("gender " + gender, "age " + rows["anchor_age"] + " in " + rows["anchor_year"])
+    return _events(
+        rows.assign(hadm_id=rows["subject_id"].map(first["hadm_id"])), table="patients",
+        kind=EventKind.observation, event_id="patient-" + rows["subject_id"],
+        timestamp=rows["subject_id"].map(first["timestamp"]), name="Patient demographics", text=text,
+        fhir_ns="Patient", fhir_key=rows["subject_id"],
+    )
+
+
 def _death_events(patients: "pd.DataFrame", adm: "pd.DataFrame") -> "pd.DataFrame":
     # In-hospital deaths are already said by the discharge event; dod adds deaths after discharge.
     died_in_hospital = set(adm.loc[adm["deathtime"].notna(), "subject_id"])
@@ -735,6 +801,8 @@ def load_mimic_events(
 
     step("assembling events")
     events = pd.concat([p.astype({"timestamp": "datetime64[us]"}) for p in parts if len(p)], ignore_index=True)
+    demographics = _demographic_events(patients, events).astype({"timestamp": "datetime64[us]"})
+    events = pd.concat([events, demographics], ignore_index=True)
     events = _dedupe_ids(events)
     race = adm.sort_values("admittime").groupby("subject_id")["race"].last()
     patients = patients.assign(race=patients["subject_id"].map(race))
