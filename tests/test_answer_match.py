@@ -250,3 +250,78 @@ def test_every_dev_answer_is_parsed_and_matches_a_rendering_of_itself(shared_dat
     # Every kind the benchmark uses is present (the split has 1,784 questions).
     assert {AnswerKind.yes_no, AnswerKind.number, AnswerKind.datetime, AnswerKind.text, AnswerKind.none} <= set(kinds)
     assert sum(kinds.values()) == len(rows)
+
+
+# --- the strict matcher ----------------------------------------------------------------------------------------
+
+from medalign_rag.evaluation.answer_match import (  # noqa: E402
+    ANSWER_MATCHERS,
+    answer_matches_strict,
+    question_form,
+)
+
+COUNT_DRUG = "Count the number of times that patient {patient_id} were prescribed {drug_name} [time_filter_global1]."
+HAS_DRUG = "Has_verb patient {patient_id} been prescribed {drug_name} [time_filter_global1]?"
+DOSE = "What was the dose of {drug_name} that patient {patient_id} was [time_filter_exact1] prescribed [time_filter_global1]?"
+WHEN_MICRO = "When was the [time_filter_exact1] microbiology test of patient {patient_id} [time_filter_global1]?"
+DRUG_NAMES = "What was the name of the drug that patient {patient_id} was [time_filter_exact1] prescribed [time_filter_global1]?"
+
+
+def test_issue_counter_example_is_wrong_strictly_but_right_leniently():
+    answer = "No, the patient received 1 mg of lorazepam instead."
+    assert not answer_matches_strict(answer, [[1]], template=COUNT_DRUG)
+    assert answer_matches(answer, [[1]], template=COUNT_DRUG)  # the lenient variant finds "1" anywhere
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "template", "expected"),
+    [
+        ("1", [[1]], COUNT_DRUG, True),
+        ("The patient was prescribed lorazepam once.", [[1]], COUNT_DRUG, True),
+        ("Lorazepam was prescribed 3 times (1 mg each).", [[1]], COUNT_DRUG, False),  # the claim is 3
+        ("None: it was never prescribed.", [[0]], COUNT_DRUG, True),
+        ("Yes.", [[1]], COUNT_DRUG, False),  # a count question is not answered by yes
+        ("Yes, lorazepam was prescribed.", [[1]], HAS_DRUG, True),
+        ("1", [[1]], HAS_DRUG, False),  # ... and a yes/no question not by a number
+        ("No, it was not.", [[0]], HAS_DRUG, True),
+        ("The dose was 400 mg, later 200 mg.", [["400"]], DOSE, True),
+        ("The dose was 200 mg; an earlier order was 400 mg.", [["400"]], DOSE, False),  # 400 is not the claim
+        ("No dose of 400 mg is recorded.", [["400"]], DOSE, False),
+        ("2114-06-20 11:09", [["2114-06-20 11:09:00"]], WHEN_MICRO, True),
+        ("On 2114-06-19 08:00, and again 2114-06-20 11:09.", [["2114-06-20 11:09:00"]], WHEN_MICRO, False),
+        ("No microbiology test was found.", [], WHEN_MICRO, True),
+        ("The test was on 2114-06-20.", [], WHEN_MICRO, False),  # empty gold needs an explicit none
+        ("Docusate sodium and senna.", [["Docusate Sodium"], ["Senna"]], DRUG_NAMES, True),
+        ("Docusate sodium.", [["Docusate Sodium"], ["Senna"]], DRUG_NAMES, False),
+        ("None, although senna and docusate sodium were discussed.", [["Docusate Sodium"], ["Senna"]], DRUG_NAMES,
+         False),
+    ],
+)
+def test_strict_matching(answer, gold, template, expected):
+    assert answer_matches_strict(answer, gold, template=template) is expected
+
+
+def test_strict_needs_a_template_or_question():
+    with pytest.raises(MedalignError, match="template"):
+        answer_matches_strict("1", [[1]])
+    # The question's wording is enough.
+    assert not answer_matches_strict("No, 1 mg.", [[1]], question="How many times was lorazepam prescribed?")
+    assert set(ANSWER_MATCHERS) == {"strict", "lenient"}
+
+
+@pytest.mark.parametrize(
+    ("template", "form"),
+    [
+        (COUNT_DRUG, "count"),
+        (HAS_DRUG, "yes_no"),
+        (DOSE, "lookup"),
+        (WHEN_MICRO, "lookup"),
+        ("What was the total volume of output that patient {patient_id} had [time_filter_global1]?", "computed"),
+        ("What was the [time_filter_exact1] length of ICU stay of patient {patient_id}?", "computed"),
+        ("What was the [agg_function] {lab_name} value of patient {patient_id} [time_filter_global1]?", "computed"),
+        ("What is the gender of patient {patient_id}?", "lookup"),
+        (None, "unknown"),
+    ],
+)
+def test_question_form(template, form):
+    assert question_form(template) == form

@@ -13,6 +13,12 @@ lenient but kind-aware rules (`answer_matches`):
 * none        -> the answer says nothing was found ("no record", "not found", "none"...).
 
 Several rows mean a set: every row's value has to be there.
+
+That is the *lenient* matcher (`answer_matches`): any number anywhere in the text can match, and without a
+template a bare 0/1 is read as yes/no or as a count. `answer_matches_strict` is the one to report: it needs the
+question's template (or wording), reads a 0/1 gold answer as a count or as yes/no but not both, accepts a value
+only when it is the answer's claim (the first number or date it states; an answer that opens with "No"/"None"
+claims nothing/zero), and an empty gold answer needs an explicit "none/not found". `ANSWER_MATCHERS` names both.
 """
 
 from __future__ import annotations
@@ -346,7 +352,7 @@ def _says_nothing_found(prediction: str) -> bool:
     return any(pattern.search(prediction) for pattern in _NOTHING_FOUND)
 
 
-def _canonical_text(text: str) -> str:
+def canonical_text(text: str) -> str:
     """Case-, whitespace- and punctuation-insensitive form.
 
     'Ipratropium-Albuterol  Neb' and 'ipratropium albuterol neb' give the same text.
@@ -361,8 +367,9 @@ def _canonical_text(text: str) -> str:
 _TEXT_SYNONYMS = {"m": ("m", "male"), "f": ("f", "female")}
 
 
-def _mentions_text(canonical_prediction: str, gold: str) -> bool:
-    target = _canonical_text(gold)
+def mentions_text(canonical_prediction: str, gold: str) -> bool:
+    """Whether `gold` occurs as whole words in `canonical_prediction` (already `canonical_text`)."""
+    target = canonical_text(gold)
     if not target:
         return True
     for variant in _TEXT_SYNONYMS.get(target, (target,)):
@@ -424,7 +431,7 @@ def answer_matches(
         return False
 
     mentions = _date_mentions(prediction)
-    canonical_prediction = _canonical_text(prediction)
+    canonical_prediction = canonical_text(prediction)
     numbers: list[float] | None = None
     for kind, value in zip(gold.value_kinds, gold.values):
         if kind in (AnswerKind.datetime, AnswerKind.date):
@@ -442,7 +449,7 @@ def answer_matches(
             if _leading_word(prediction) not in (_YES_WORDS if value else _NO_WORDS):
                 return False
         else:
-            if not _mentions_text(canonical_prediction, str(value)):
+            if not mentions_text(canonical_prediction, str(value)):
                 return False
     return True
 
@@ -451,3 +458,144 @@ def _matches_number(prediction: str, gold: float) -> bool:
     if any(_numbers_close(found, gold) for found in _numbers_in(prediction)):
         return True
     return gold == 0.0 and _says_nothing_found(prediction)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Question forms and the strict matcher
+
+_COUNT_TEMPLATE = re.compile(r"^\W*count\b|\bnumber of\b|\bhow (?:many|often|frequently)\b", re.IGNORECASE)
+# Values the record does not hold as such: sums, durations, differences, aggregates.
+_COMPUTED = re.compile(
+    r"\btotal (?:amount|volume)\b|\blength of\b|\bchange in\b|\[agg_function\]|\[unit_average\]|\bcalculate\b"
+    r"|\baverage\b|\bmean\b|\bdifference\b|\bhow long\b|\b(?:maximum|minimum|max|min)\b",
+    re.IGNORECASE,
+)
+QuestionForm = str  # "yes_no" | "count" | "computed" | "lookup" | "unknown"
+
+
+def question_form(template: str | None, question: str | None = None) -> QuestionForm:
+    """What kind of answer a FHIR-AgentBench question asks for, from its template (else its wording).
+
+    "yes_no" (Has/Is/Did ...), "count" (Count the number of ..., how many), "computed" (totals, lengths of stay,
+    changes, aggregates: values the record does not state), "lookup" (a date, name or measured value the record
+    holds), "unknown" with neither template nor question.
+    """
+    if template:
+        text = template
+        if _YES_NO_TEMPLATE.match(text):
+            return "yes_no"
+    elif question:
+        text = question
+        if _YES_NO_QUESTION.search(text) and not _COUNT_WORDING.search(text):
+            return "yes_no"
+    else:
+        return "unknown"
+    if _COUNT_TEMPLATE.search(text):
+        return "count"
+    if _COMPUTED.search(text):
+        return "computed"
+    return "lookup"
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\[])|\n")
+# A number followed by one of these is a measurement ("1 mg"), not a count.
+_UNIT_AFTER = re.compile(
+    r"^\s*(?:mg|mcg|µg|ug|g|kg|lbs?|ml|l|cc|units?|u|iu|%|mmhg|meq|mmol|mol|cm|mm|m|in|bpm|mg/dl|g/dl|tabs?|"
+    r"tablets?|caps?|puffs?|drops?|days?|hours?|hrs?|minutes?|mins?|years?|weeks?|months?)\b",
+    re.IGNORECASE,
+)
+
+
+def _first_sentence(text: str) -> str:
+    stripped = text.strip()
+    parts = _SENTENCE_END.split(stripped, maxsplit=1)
+    return parts[0] if parts else stripped
+
+
+def _claimed_numbers(text: str, *, counts_only: bool) -> list[float]:
+    """Numbers the text states, in order of appearance (dates and clock times blanked; words like "twice" too)."""
+    blanked = _blank_spans(text, [m.span for m in _date_mentions(text)])
+    blanked = _blank_spans(blanked, [m.span() for m in _TIME_ANYWHERE.finditer(blanked)])
+    found: list[tuple[int, float]] = []
+    for match in _NUMBER.finditer(blanked):
+        if counts_only and _UNIT_AFTER.match(blanked[match.end():]):
+            continue
+        sign = -1.0 if match["sign"] in ("-", "\u2212") else 1.0
+        exponent = int(match["exp"]) if match["exp"] else 0
+        found.append((match.start(), sign * float(match["digits"].replace(",", "")) * 10.0**exponent))
+    for match in _WORD_NUMBER.finditer(blanked):
+        if counts_only and _UNIT_AFTER.match(blanked[match.end():]):
+            continue
+        found.append((match.start(), _WORD_NUMBERS[match.group(1).lower()]))
+    return [value for _, value in sorted(found)]
+
+
+def _negative_opening(prediction: str) -> bool:
+    return _leading_word(prediction) in _NO_WORDS or _says_nothing_found(_first_sentence(prediction))
+
+
+def answer_matches_strict(
+    prediction: str,
+    gold_rows: Sequence[Sequence[Any]] | str,
+    *,
+    question: str | None = None,
+    template: str | None = None,
+    require_time: bool = True,
+) -> bool:
+    """True when the answer's claim is the gold answer (see the module docstring); template-aware.
+
+    * empty gold (`[]`, `[[None]]`): the first sentence says nothing was found;
+    * yes/no question: the answer opens with the right yes or no word (a number does not count);
+    * count question: an answer opening with no/none claims 0; else its first number that is not a
+      measurement ("1 mg" is a dose, not a count) is the claim;
+    * one value: the first number (or date) the answer states is the claim; an answer opening with "no" or
+      "none" claims nothing;
+    * several values (a set): every value is stated and the answer does not open with "no"/"none".
+    """
+    if template is None and question is None:
+        raise MedalignError("strict answer matching needs the question's template or wording")
+    if not isinstance(prediction, str):
+        raise MedalignError(f"prediction must be text, got {type(prediction).__name__}")
+    prediction = unicodedata.normalize("NFKC", prediction)
+    form = question_form(template, question)
+    gold = normalize_gold(gold_rows, question=question, template=template)
+
+    if gold.kind is AnswerKind.none:
+        return _says_nothing_found(_first_sentence(prediction))
+    if gold.kind is AnswerKind.yes_no:
+        return _leading_word(prediction) in (_YES_WORDS if gold.values[0] else _NO_WORDS)
+    negative = _negative_opening(prediction)
+
+    if form == "count" and gold.kind is AnswerKind.number and len(gold.values) == 1:
+        expected = float(gold.values[0])
+        if negative:
+            return expected == 0.0
+        claimed = _claimed_numbers(prediction, counts_only=True)
+        return bool(claimed) and _numbers_close(claimed[0], expected)
+
+    if negative:
+        return False
+    if len(gold.values) == 1:
+        kind, value = gold.value_kinds[0], gold.values[0]
+        if kind is AnswerKind.number:
+            claimed = _claimed_numbers(prediction, counts_only=False)
+            return bool(claimed) and _numbers_close(claimed[0], float(value))
+        if kind in (AnswerKind.datetime, AnswerKind.date):
+            mentions = sorted(_date_mentions(prediction), key=lambda m: m.span[0])
+            return bool(mentions) and _mentions_datetime(mentions[:1], value, require_time)
+    return answer_matches(prediction, gold, require_time=require_time)
+
+
+def answer_matches_lenient(
+    prediction: str,
+    gold_rows: Sequence[Sequence[Any]] | str,
+    *,
+    question: str | None = None,
+    template: str | None = None,
+    require_time: bool = True,
+) -> bool:
+    """The lenient matcher under its variant name (any number anywhere may match; see `answer_matches`)."""
+    return answer_matches(prediction, gold_rows, question=question, template=template, require_time=require_time)
+
+
+ANSWER_MATCHERS = {"strict": answer_matches_strict, "lenient": answer_matches_lenient}
