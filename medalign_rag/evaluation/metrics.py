@@ -228,3 +228,59 @@ class EmbeddingSimilarity:
             max(self._f1(vectors[prediction], vectors[reference]) for reference in refs)
             for prediction, refs in zip(predictions, references)
         ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-item scores the ablation runner records
+
+
+def question_type(instruction) -> str | None:
+    """The question's type for per-type tables: its category (FHIR-AgentBench template family, synthetic
+    instruction category), else None."""
+    return instruction.category or None
+
+
+def item_evidence_scores(instruction, context_event_ids: Sequence[str], context_text: str) -> dict:
+    """What the runner stores per (instruction, strategy, budget) besides timings: coverage (mean share over
+    gold groups), all/any covered, coverage under the legacy Encounter rule, answer presence, question type and
+    form. Groups come from `statistics.evidence_groups` (each gold event its own group unless the converter
+    grouped them)."""
+    from medalign_rag.evaluation.answer_match import question_form
+    from medalign_rag.evaluation.statistics import answer_presence, coverage_variants, evidence_groups
+
+    ids = list(context_event_ids)
+    variants = coverage_variants(evidence_groups(instruction), ids)
+    legacy = coverage_variants(evidence_groups(instruction, legacy=True), ids)
+    template = instruction.metadata.get("template") if "true_answer" in instruction.metadata else None
+    return {
+        "evidence_coverage": variants["share"] if variants else None,
+        "coverage_all": variants["all"] if variants else None,
+        "coverage_any": variants["any"] if variants else None,
+        "coverage_legacy_encounter": legacy["share"] if legacy else None,
+        "answer_presence": answer_presence(instruction, context_text),
+        "question_type": question_type(instruction),
+        "question_form": question_form(template, instruction.question) if "true_answer" in instruction.metadata
+        else None,
+    }
+
+
+def natural_language_references(instruction) -> list[str]:
+    """Reference answers written in prose; serialized result rows (`[[3075]]`, `[['2133-12-31 02:00:00']]`) are
+    not, and text-overlap metrics (ROUGE-L, embedding F1) against them would measure formatting."""
+    from medalign_rag.evaluation.answer_match import parse_true_answer
+
+    if "true_answer" in instruction.metadata:
+        return []
+    references = []
+    for reference in instruction.reference_answers:
+        text = reference.strip()
+        if not text:
+            continue
+        if text.startswith("["):
+            try:
+                parse_true_answer(text)
+                continue
+            except MedalignError:
+                pass
+        references.append(text)
+    return references
