@@ -23,6 +23,14 @@ class SynthSettings(BaseModel):
     seed: int = 7
 
 
+class SplitSettings(BaseModel):
+    """A deterministic patient-level tune/test split (see `evaluation.report.split_patients`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+    test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +52,10 @@ class RunConfig(BaseModel):
     seed: int = 0
     bootstrap_resamples: int = 1000
     k_values: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    # Declared before the run: the strategy the report's goal line is about, and the patient split whose test part
+    # it is measured on (rules and thresholds are chosen on the tune part only).
+    primary_strategy: str | None = None
+    split: SplitSettings | None = None
 
     @field_validator("strategies", "answer_strategies")
     @classmethod
@@ -65,6 +77,9 @@ class RunConfig(BaseModel):
     def _reserve_fits(self) -> "RunConfig":
         if self.reserve_tokens < 1 or self.max_new_tokens < 1:
             raise ValueError("reserve_tokens and max_new_tokens must be at least 1")
+        if self.primary_strategy is not None and self.primary_strategy not in self.strategies:
+            raise ValueError(f"primary_strategy {self.primary_strategy!r} is not among the run's strategies "
+                             f"({', '.join(self.strategies)})")
         return self
 
 

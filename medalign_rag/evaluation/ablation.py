@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from medalign_rag.config import RunConfig
 from medalign_rag.errors import MedalignError
-from medalign_rag.evaluation.report import plot_metric, summarize, write_report, write_summary_csv
+from medalign_rag.evaluation.report import plot_metric, split_patients, summarize, write_report, write_summary_csv
 from medalign_rag.evaluation.runner import AblationRunner, select_instructions
 from medalign_rag.records.dataset import DataFolder, open_data_folder
 
@@ -88,18 +88,29 @@ def run_ablation(
         notes.append(f"answers by backend `{generator.name}`")
     if data.model_responses_path.is_file():
         notes.extend(_clinician_agreement(data, config))
+    split = None
+    if config.split is not None:
+        split = split_patients(patient_ids, config.split.seed, config.split.test_fraction)
+        notes.append(f"patient-level split (seed {config.split.seed}, test fraction {config.split.test_fraction}): "
+                     f"{len(split[0])} tune / {len(split[1])} test patients")
+    if config.primary_strategy is not None:
+        notes.append(f"primary strategy declared in the config: `{config.primary_strategy}`")
     rows = summarize(results, resamples=config.bootstrap_resamples, seed=config.seed)
     summary_csv = out_dir / "summary.csv"
     write_summary_csv(rows, summary_csv)
     plots = []
     if plot_metric(rows, "evidence_coverage", out_dir / "evidence_coverage.png", "gold evidence coverage"):
         plots.append(out_dir / "evidence_coverage.png")
-    for metric, label in (("answer_match", "answer match (FHIR-AgentBench)"), ("rouge_l", "ROUGE-L"),
+    if plot_metric(rows, "answer_presence", out_dir / "answer_presence.png", "answer presence (LLM-free)"):
+        plots.append(out_dir / "answer_presence.png")
+    for metric, label in (("answer_match", "answer match, strict (FHIR-AgentBench)"), ("rouge_l", "ROUGE-L"),
                           ("embedding_f1", "embedding F1 (BERTScore-style)")):
         if plot_metric(rows, metric, out_dir / f"{metric}.png", label):
             plots.append(out_dir / f"{metric}.png")
     report_md = out_dir / "report.md"
-    write_report(rows, report_md, title=f"Ablation: {config.name}", notes=notes, plots=[p.name for p in plots])
+    write_report(rows, report_md, title=f"Ablation: {config.name}", notes=notes, plots=[p.name for p in plots],
+                 results=results, primary_strategy=config.primary_strategy, split=split,
+                 resamples=config.bootstrap_resamples, seed=config.seed)
     return AblationOutcome(out_dir=out_dir, n_instructions=len(instructions), n_items=len(results), rows=rows,
                            summary_csv=summary_csv, report_md=report_md, plots=plots, notes=notes)
 

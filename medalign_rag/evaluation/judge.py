@@ -1,7 +1,8 @@
 """An LLM judge (or a jury of them) for free-text answers, in the spirit of MedHELM's LLM jury.
 
 Each judge is any OpenAI-compatible server, configured like the answering backend (`create_generator`
-options: base_url, model, ...). It reads a rubric prompt (`configs/prompts/judge.yaml`) with the question, the
+options: base_url, model, ...). It reads a rubric prompt (packaged `resources/prompts/judge.yaml`, or your
+own) with the question, the
 answer, a clinician's reference answer and the EHR excerpt the answering model saw, and replies with JSON:
 accuracy, completeness and clarity on 1-5, plus the answer's statements the record does not support. Replies
 that are not such JSON are kept as invalid verdicts (small models often fail the format) rather than guessed at.
@@ -63,11 +64,7 @@ RESPONSE_FORMATS = {
 }
 
 
-def _default_judge_path() -> Path:
-    from medalign_rag.generation.prompt import DEFAULT_PROMPT_PATH
-
-    # The judge prompt lives beside the default answering prompt.
-    return Path(DEFAULT_PROMPT_PATH).with_name("judge.yaml")
+DEFAULT_JUDGE_PROMPT = "prompts/judge.yaml"  # in medalign_rag/resources, beside the default answering prompt
 
 
 class JudgeTemplate(BaseModel):
@@ -106,12 +103,19 @@ class JudgeTemplate(BaseModel):
 
 
 def load_judge_template(path: Path | str | None = None) -> JudgeTemplate:
-    """Read a judge prompt YAML (default: judge.yaml beside the default answering prompt)."""
-    source = Path(path) if path is not None else _default_judge_path()
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MedalignError("judge prompt file not found", path=source) from None
+    """Read a judge prompt YAML (default: the packaged `medalign_rag/resources/prompts/judge.yaml`)."""
+    from medalign_rag.generation.prompt import packaged_resource
+
+    if path is None:
+        source, text = packaged_resource(DEFAULT_JUDGE_PROMPT)
+    else:
+        source = Path(path)
+        try:
+            text = source.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise MedalignError("judge prompt file not found", path=source) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise MedalignError(f"cannot read judge prompt: {error}", path=source) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

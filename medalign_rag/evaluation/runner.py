@@ -22,10 +22,12 @@ from typing import Callable
 from pydantic import BaseModel
 
 from medalign_rag.config import RunConfig
+from medalign_rag.errors import MedalignError
 from medalign_rag.records.model import Instruction
 
 RESULTS_FILE = "results.jsonl"
-RESULT_FORMAT = 2  # bump when an item's fields or their meaning change: old results are then recomputed
+RESULT_FORMAT = 3  # bump when an item's fields or their meaning change: old results are then recomputed
+# 3: coverage over evidence groups (+ all/any, legacy Encounter rule), answer presence, question type and form
 
 
 class ItemResult(BaseModel):
@@ -38,7 +40,13 @@ class ItemResult(BaseModel):
     available_tokens: int
     n_chunks: int
     n_gold_events: int
-    evidence_coverage: float | None = None
+    evidence_coverage: float | None = None  # mean share of gold evidence groups covered
+    coverage_all: float | None = None  # 1.0 when every gold group is covered
+    coverage_any: float | None = None  # 1.0 when at least one is
+    coverage_legacy_encounter: float | None = None  # mean share under the legacy Encounter rule
+    answer_presence: float | None = None  # share of the gold answer's values found in the context (lookups)
+    question_type: str | None = None  # FHIR-AgentBench template family / synthetic category
+    question_form: str | None = None  # yes_no / count / computed / lookup (FHIR-AgentBench)
     retrieval: dict[str, float] = {}
     seconds_context: float
     backend: str = "none"
@@ -170,10 +178,12 @@ class AblationRunner:
         return retrieval_scores({qid: run}, {qid: qrels}, k_values=tuple(self.config.k_values)).get(qid, {})
 
     def _answer_metrics(self, instruction: Instruction, answer: str) -> dict[str, float]:
-        from medalign_rag.evaluation.metrics import rouge_l
+        """Text overlap only against prose references; FHIR-AgentBench rows by the strict matcher (the lenient
+        one kept beside it as `answer_match_lenient`)."""
+        from medalign_rag.evaluation.metrics import natural_language_references, rouge_l
 
         metrics: dict[str, float] = {}
-        references = [r for r in instruction.reference_answers if r.strip()]
+        references = natural_language_references(instruction)
         if references:
             metrics["rouge_l"] = rouge_l(answer, references)
             if self._similarity is None:
@@ -183,13 +193,20 @@ class AblationRunner:
             metrics["embedding_f1"] = float(self._similarity.score([answer], [references])[0])
         gold_rows = instruction.metadata.get("true_answer")
         if gold_rows is not None:
-            from medalign_rag.evaluation.answer_match import answer_matches
+            from medalign_rag.evaluation.answer_match import answer_matches_lenient, answer_matches_strict
 
-            metrics["answer_match"] = float(answer_matches(answer, gold_rows))
+            template = instruction.metadata.get("template")
+            try:
+                metrics["answer_match"] = float(answer_matches_strict(
+                    answer, gold_rows, question=instruction.question, template=template))
+                metrics["answer_match_lenient"] = float(answer_matches_lenient(
+                    answer, gold_rows, question=instruction.question, template=template))
+            except MedalignError:
+                pass  # a gold answer that does not parse as rows: nothing to match against
         return metrics
 
     def _item(self, key: str, instruction: Instruction, prepared, gold: set[str]) -> ItemResult:
-        from medalign_rag.evaluation.metrics import evidence_coverage
+        from medalign_rag.evaluation.metrics import item_evidence_scores
 
         assembled = prepared.context
         return ItemResult(
@@ -202,7 +219,7 @@ class AblationRunner:
             available_tokens=assembled.available_tokens,
             n_chunks=len(assembled.chunk_ids),
             n_gold_events=len(gold),
-            evidence_coverage=evidence_coverage(gold, assembled.event_ids),
+            **item_evidence_scores(instruction, assembled.event_ids, assembled.text),
             retrieval=self._retrieval_metrics(prepared.ranked_chunk_ids, gold, instruction.instruction_id,
                                               self.pipeline.patient_index(instruction.patient_id)),
             seconds_context=prepared.seconds_context,
