@@ -93,7 +93,7 @@ def test_report_declares_goal_on_test_part_and_has_every_section(tmp_path):
     goal = declared_goal_statement(results, "bm25", split[1], resamples=200)
     assert goal in text and "on the test part" in goal and "`bm25` at 2048" in goal
     # bm25 at 2k is full at 32k plus or minus noise: not shown to be better.
-    assert "NOT SHOWN" in goal
+    assert "**TIE**" in goal
     for heading in ("Paired differences", "Coverage variants", "Encounter rule", "Answer presence",
                     "Coverage per question type", "Tune/test protocol"):
         assert f"## {heading}" in text, heading

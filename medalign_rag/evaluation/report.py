@@ -176,7 +176,7 @@ def goal_statement(rows: list[dict]) -> str:
             f"at {large}. **{'MET' if met else 'NOT MET'}**: `{best['strategy']}` at {small} covers "
             f"{_fmt_clustered(best)}, `full` at {large} covers {_fmt_clustered(full_large)}{note}."
         )
-    verdict = {"better": "MET", "worse": "NOT MET"}.get(diff, "NOT SHOWN")
+    verdict = {"better": "MET", "worse": "NOT MET"}.get(diff, "TIE")
     return (
         f"Goal (strategy picked after the fact, all questions): the best retrieval strategy at {small} tokens "
         f"covers more gold evidence than `full` at {large}. **{verdict}**: `{best['strategy']}` at {small} covers "
@@ -235,13 +235,14 @@ def declared_goal_statement(
     ours = _clustered(primary, lambda i: i.evidence_coverage, resamples, seed)
     theirs = _clustered(full, lambda i: i.evidence_coverage, resamples, seed)
     diff = _paired(primary, full, resamples, seed)
-    verdict = {"better": "MET", "worse": "NOT MET"}.get(diff.verdict, "NOT SHOWN (the interval includes 0)")
+    verdict = {"better": "MET", "worse": "NOT MET"}.get(diff.verdict, "TIE")
     return (
         f"Goal (declared before the run, {where}: {ours.n_items} questions over {ours.n_clusters} patients): "
         f"`{primary_strategy}` at {small} tokens covers more gold evidence than `full` at {large}. **{verdict}**: "
         f"`{primary_strategy}` covers {ours.mean:.3f} [{ours.lo:.3f}, {ours.hi:.3f}], `full` covers "
         f"{theirs.mean:.3f} [{theirs.lo:.3f}, {theirs.hi:.3f}]; paired difference {diff.mean:+.3f} "
-        f"[{diff.lo:+.3f}, {diff.hi:+.3f}] (95% intervals, patients resampled)."
+        f"[{diff.lo:+.3f}, {diff.hi:+.3f}] (95% intervals, patients resampled; MET/NOT MET only when the "
+        f"difference's interval excludes 0, else TIE)."
     )
 
 

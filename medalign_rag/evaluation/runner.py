@@ -118,6 +118,8 @@ class AblationRunner:
         self.counter = self.pipeline.counter
         self._similarity = None
         self.skipped_budgets: list[int] = []
+        # Rankings do not depend on the budget: score each (instruction, strategy) once, not once per budget.
+        self._retrieval_cache: dict[tuple[str, str], dict[str, float]] = {}
 
     # -- keys -------------------------------------------------------------------------------------------
     def _base_key(self) -> dict:
@@ -177,6 +179,14 @@ class AblationRunner:
         run = {chunk_id: float(n - r) for r, chunk_id in enumerate(ranked_chunk_ids[:100])}
         return retrieval_scores({qid: run}, {qid: qrels}, k_values=tuple(self.config.k_values)).get(qid, {})
 
+    def _cached_retrieval_metrics(self, instruction: Instruction, prepared, gold: set[str]) -> dict[str, float]:
+        key = (instruction.instruction_id, prepared.request.strategy)
+        if key not in self._retrieval_cache:
+            self._retrieval_cache[key] = self._retrieval_metrics(
+                prepared.ranked_chunk_ids, gold, instruction.instruction_id,
+                self.pipeline.patient_index(instruction.patient_id))
+        return dict(self._retrieval_cache[key])
+
     def _answer_metrics(self, instruction: Instruction, answer: str) -> dict[str, float]:
         """Text overlap only against prose references; FHIR-AgentBench rows by the strict matcher (the lenient
         one kept beside it as `answer_match_lenient`)."""
@@ -220,8 +230,7 @@ class AblationRunner:
             n_chunks=len(assembled.chunk_ids),
             n_gold_events=len(gold),
             **item_evidence_scores(instruction, assembled.event_ids, assembled.text),
-            retrieval=self._retrieval_metrics(prepared.ranked_chunk_ids, gold, instruction.instruction_id,
-                                              self.pipeline.patient_index(instruction.patient_id)),
+            retrieval=self._cached_retrieval_metrics(instruction, prepared, gold),
             seconds_context=prepared.seconds_context,
         )
 
