@@ -127,6 +127,10 @@ def _fhir(question: str, template: str, answer) -> Instruction:
          [[116.0]], 0.0),
         ("What was the [time_filter_exact1] measured value of a {lab_name} lab test of patient {patient_id}?",
          [[12.0]], 0.0),  # "12" only inside a timestamp: not a value
+        ("What was the [time_filter_exact1] measured value of a {lab_name} lab test of patient {patient_id}?",
+         [[70.0]], 0.0),  # only inside a reference range: not a value
+        ("What was the dose of {drug_name} that patient {patient_id} was [time_filter_exact1] prescribed?",
+         [["100"]], 1.0),
         ("When was the [time_filter_exact1] time that patient {patient_id} received a {lab_name} lab test?",
          [["2133-12-31 02:00:00"]], 1.0),
         ("When was the [time_filter_exact1] time that patient {patient_id} received a {lab_name} lab test?",

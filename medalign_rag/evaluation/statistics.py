@@ -224,14 +224,16 @@ def coverage_variants(groups: Sequence[Sequence[str]], context_event_ids: Iterab
 # ---------------------------------------------------------------------------------------------------------------
 # Answer presence
 
-_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?")
-_CONTEXT_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+(?:\.\d+)?|\.\d+)(?![\w])")
+_NUMBER_TEXT = r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)"
+# A number counts only where the context states it as a value: an event's value attribute or an event whose whole
+# body is the number (`<event name="Glucose" unit="mg/dL">115</event>`). Any number anywhere would match almost
+# every gold number in a long context (ids, times, ranges, doses of other drugs).
+_CONTEXT_VALUE = re.compile(r'\bvalue="\s*(' + _NUMBER_TEXT + r')\s*"|>\s*(' + _NUMBER_TEXT + r")\s*</event>")
 PRESENCE_TOLERANCE = 0.005  # record values are written with up to 2-4 decimals; gold rows with more
 
 
 def _context_numbers(context_text: str) -> np.ndarray:
-    without_stamps = _STAMP.sub(" ", context_text)
-    return np.array([float(m) for m in _CONTEXT_NUMBER.findall(without_stamps)], dtype=float)
+    return np.array([float(a or b) for a, b in _CONTEXT_VALUE.findall(context_text)], dtype=float)
 
 
 def answer_presence(instruction: "Instruction", context_text: str) -> float | None:
@@ -241,7 +243,7 @@ def answer_presence(instruction: "Instruction", context_text: str) -> float | No
     measured value, a dose) with a non-empty gold answer; yes/no, counts, computed values (totals, lengths of
     stay, changes, averages) and empty answers cannot be checked by looking for them in the text. Values are
     compared normalized: dates and times to the minute ("2133-12-31 02:00"; midnight means the day), numbers
-    within 0.005 with timestamps blanked out first, names case-, space- and punctuation-insensitively ("M" is
+    within 0.005 where the context states them as an event's value, names case-, space- and punctuation-insensitively ("M" is
     also "Male"). An upper bound on what a reader of this context could answer correctly, not a model score.
     """
     from medalign_rag.evaluation.answer_match import (
