@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +31,15 @@ class SplitSettings(BaseModel):
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
 
 
+class JudgeSettings(BaseModel):
+    """One LLM judge, configured like the answering backend (see `evaluation.judge`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: str = "openai"
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    response_format: Literal["json_schema", "json_object"] | None = None
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +65,10 @@ class RunConfig(BaseModel):
     # it is measured on (rules and thresholds are chosen on the tune part only).
     primary_strategy: str | None = None
     split: SplitSettings | None = None
+    # LLM judges of free-text answers (a jury: scores are averaged over the judges that replied validly); the
+    # rubric prompt defaults to the packaged one.
+    judges: list[JudgeSettings] = Field(default_factory=list)
+    judge_prompt: Path | None = None
 
     @field_validator("strategies", "answer_strategies")
     @classmethod
@@ -112,7 +125,7 @@ def _resolve_relative_paths(raw: dict, folder: Path) -> None:
     def resolve(value):
         return str(folder / value) if isinstance(value, str) and value and not Path(value).is_absolute() else value
 
-    for key in ("data", "prompt_template"):
+    for key in ("data", "prompt_template", "judge_prompt"):
         if key in raw:
             raw[key] = resolve(raw[key])
     if isinstance(raw.get("index"), dict) and "index_dir" in raw["index"]:

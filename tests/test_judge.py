@@ -123,3 +123,30 @@ def test_jury_end_to_end_against_llama_cpp_server(llama_server):  # noqa: F811
     else:
         agreement = judge_agreement(responses, verdicts, n_resamples=100)
         assert agreement.n_instructions == 1 and -1.0 <= agreement.mean <= 1.0
+
+
+@pytest.mark.slow
+def test_ablation_answers_are_judged_once_and_resumed(llama_server, tmp_path):  # noqa: F811
+    from medalign_rag.evaluation.judge import judge_ablation_answers
+    from medalign_rag.evaluation.runner import ItemResult
+    from medalign_rag.records.model import Instruction
+
+    instruction = Instruction(instruction_id="i1", patient_id="p1", question=QUESTION,
+                              reference_answers=["8.1% on 2133-12-30"])
+    items = [ItemResult(key=f"k{n}", instruction_id="i1", patient_id="p1", strategy="bm25", budget=2048,
+                        context_tokens=10, available_tokens=100, n_chunks=1, n_gold_events=0, seconds_context=0.0,
+                        answer=answer) for n, answer in enumerate(["8.1%", "It was 9.4%."])]
+    items.append(items[0].model_copy(update={"key": "unanswered", "answer": None}))
+    out = tmp_path / "judgements.jsonl"
+    jury = create_jury([_spec(llama_server, "constrained", "json_object")])
+    try:
+        verdicts = judge_ablation_answers(jury, [instruction], items, {"k0": CONTEXT, "k1": CONTEXT}, out)
+        assert set(verdicts) == {"k0", "k1"}  # the unanswered item is not judged
+        assert all(v.valid_judges == 1 and 1.0 <= v.overall <= 5.0 for v in verdicts.values())
+        lines = out.read_text().splitlines()
+        assert len(lines) == 2
+        again = judge_ablation_answers(jury, [instruction], items, {}, out)  # resumed from the file
+        assert {k: v.overall for k, v in again.items()} == {k: v.overall for k, v in verdicts.items()}
+        assert out.read_text().splitlines() == lines
+    finally:
+        jury.close()

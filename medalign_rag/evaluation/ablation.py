@@ -95,6 +95,8 @@ def run_ablation(
                      f"{len(split[0])} tune / {len(split[1])} test patients")
     if config.primary_strategy is not None:
         notes.append(f"primary strategy declared in the config: `{config.primary_strategy}`")
+    if config.judges and any(item.answer is not None for item in results):
+        notes.extend(_judge_answers(config, runner, instructions, results, out_dir))
     rows = summarize(results, resamples=config.bootstrap_resamples, seed=config.seed)
     summary_csv = out_dir / "summary.csv"
     write_summary_csv(rows, summary_csv)
@@ -113,6 +115,40 @@ def run_ablation(
                  resamples=config.bootstrap_resamples, seed=config.seed)
     return AblationOutcome(out_dir=out_dir, n_instructions=len(instructions), n_items=len(results), rows=rows,
                            summary_csv=summary_csv, report_md=report_md, plots=plots, notes=notes)
+
+
+def _judge_answers(config: RunConfig, runner: AblationRunner, instructions, results, out_dir: Path) -> list[str]:
+    """Score every answer with the configured LLM jury; scores join each item's answer metrics as judge_*."""
+    from medalign_rag.evaluation.judge import JUDGE_FILE, create_jury, judge_ablation_answers, load_judge_template
+    from medalign_rag.pipeline import AnswerRequest
+
+    by_id = {instruction.instruction_id: instruction for instruction in instructions}
+    answered = [item for item in results if item.answer is not None]
+    contexts = {}
+    for item in answered:  # the context each answer was written from, assembled again (deterministic)
+        instruction = by_id[item.instruction_id]
+        request = AnswerRequest(patient_id=item.patient_id, question=instruction.question, strategy=item.strategy,
+                                budget=item.budget, time_anchor=instruction.time_anchor)
+        contexts[item.key] = runner.pipeline.prepare(
+            request, gold_event_ids=set(instruction.evidence_event_ids)).context.text
+    jury = create_jury([spec.model_dump() for spec in config.judges], load_judge_template(config.judge_prompt))
+    try:
+        verdicts = judge_ablation_answers(jury, instructions, answered, contexts, out_dir / JUDGE_FILE)
+        names = [judge.name for judge in jury.judges]
+    finally:
+        jury.close()
+    for item in answered:
+        verdict = verdicts.get(item.key)
+        if verdict is None or verdict.overall is None:
+            continue
+        item.answer_metrics["judge_overall"] = verdict.overall
+        for name, value in verdict.per_criterion.items():
+            if value is not None:
+                item.answer_metrics[f"judge_{name}"] = value
+        item.answer_metrics["judge_unsupported_flags"] = float(verdict.unsupported_flags)
+    valid = sum(1 for v in verdicts.values() if v.overall is not None)
+    return [f"LLM jury ({', '.join(names)}): {valid} of {len(answered)} answers scored with a valid verdict "
+            f"(rubric 1-5: accuracy, completeness, clarity; judge_overall is their mean)"]
 
 
 def _clinician_agreement(data: DataFolder, config: RunConfig) -> list[str]:

@@ -329,6 +329,58 @@ def create_jury(specs: Sequence[Mapping[str, Any]], template: JudgeTemplate | No
         raise
 
 
+JUDGE_FILE = "judgements.jsonl"
+
+
+def judge_ablation_answers(jury: LLMJury, instructions: Sequence[Any], items: Sequence[Any],
+                           contexts: Mapping[str, str], out_path: Path | None = None) -> dict[str, JuryVerdict]:
+    """Judge the answered ablation items (`ItemResult`s with an answer); returns item key -> verdict.
+
+    `contexts` maps item keys to the context the answering model saw. With `out_path`, verdicts are appended to a
+    JSONL file and items already judged there by the same jury are not judged again.
+    """
+    import hashlib
+
+    by_id = {instruction.instruction_id: instruction for instruction in instructions}
+    jury_id = hashlib.sha256(json.dumps([[j.name for j in jury.judges], jury.template.model_dump()],
+                                        sort_keys=True).encode()).hexdigest()[:12]
+    done: dict[str, dict] = {}
+    if out_path is not None and Path(out_path).is_file():
+        for line in Path(out_path).read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from an interrupted run
+            if row.get("jury") == jury_id:
+                done[row["key"]] = row
+    from medalign_rag.evaluation.metrics import natural_language_references
+
+    pending = []
+    for item in items:
+        if item.answer is None or item.key in done:
+            continue
+        instruction = by_id[item.instruction_id]
+        references = natural_language_references(instruction) or [r for r in instruction.reference_answers if r]
+        pending.append(JudgeItem(key=item.key, question=instruction.question, answer=item.answer,
+                                 reference=references[0] if references else None, context=contexts.get(item.key)))
+    verdicts = jury.judge(pending) if pending else []
+    if out_path is not None and verdicts:
+        with open(out_path, "a", encoding="utf-8") as handle:
+            for verdict in verdicts:
+                row = {"key": verdict.key, "jury": jury_id, "overall": verdict.overall,
+                       "per_criterion": verdict.per_criterion, "unsupported_flags": verdict.unsupported_flags,
+                       "valid_judges": verdict.valid_judges,
+                       "scores": [{"judge": s.judge, "valid": s.valid, "raw": s.raw, "problem": s.problem,
+                                   **{name: getattr(s, name) for name in RUBRIC},
+                                   "unsupported": list(s.unsupported)} for s in verdict.scores]}
+                handle.write(json.dumps(row) + "\n")
+    result = {v.key: v for v in verdicts}
+    for key, row in done.items():
+        result[key] = JuryVerdict(key=key, scores=(), per_criterion=row["per_criterion"], overall=row["overall"],
+                                  unsupported_flags=row["unsupported_flags"], valid_judges=row["valid_judges"])
+    return result
+
+
 def judge_agreement(
     responses: Sequence["ModelResponse"],
     verdicts: Sequence[JuryVerdict],
