@@ -26,7 +26,7 @@ def config(tmp_path_factory) -> RunConfig:
         budgets=[2048, 8192],
         bootstrap_resamples=200,
         primary_strategy="bm25",
-        split={"seed": 0, "test_fraction": 0.34},
+        split={"seed": 0, "test_fraction": 0.67},
     )
 
 
@@ -59,7 +59,8 @@ def test_ablation_writes_every_output_and_resumes_without_redoing_work(config, t
     assert all(r["context_tokens"] <= r["budget"] for r in results)
     assert (out / "evidence_coverage.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
-    assert "Goal" in report and re.search(r"\*\*(NOT MET|MET|TIE)\*\*", report), "the goal line states a verdict"
+    verdict = re.search(r"\*\*(NOT MET|MET|TIE|UNDECIDED[^*]*)\*\*", report)
+    assert "Goal" in report and verdict, "the goal line states a verdict"
     assert "declared before the run, on the test part" in report and "`bm25` at 2048" in report
     assert "## Tune/test protocol" in report and "## Paired differences" in report
 

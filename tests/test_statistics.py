@@ -154,3 +154,10 @@ def test_answer_presence_needs_a_structured_gold_answer():
     free_text = Instruction(instruction_id="q", patient_id="p", question="Summarize the stay.",
                             reference_answers=["A long stay."])
     assert answer_presence(free_text, CONTEXT) is None
+
+
+def test_one_patient_gives_no_interval_and_no_verdict():
+    single = clustered_mean([0.2, 0.4, 0.9], ["a", "a", "a"])
+    assert single.mean == pytest.approx(0.5) and math.isnan(single.lo) and math.isnan(single.hi)
+    diff = paired_difference({"q1": 1.0, "q2": 1.0}, {"q1": 0.0, "q2": 0.5}, {"q1": "a", "q2": "a"})
+    assert diff.mean == pytest.approx(0.75) and diff.verdict == "n/a"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -136,8 +137,10 @@ def write_summary_csv(rows: list[dict], path: Path) -> None:
 
 
 def _fmt(mean, lo, hi) -> str:
-    if mean is None:
+    if mean is None or math.isnan(mean):
         return "n/a"
+    if lo is None or math.isnan(lo):
+        return f"{mean:.3f} [no interval: one patient]"
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
@@ -176,7 +179,7 @@ def goal_statement(rows: list[dict]) -> str:
             f"at {large}. **{'MET' if met else 'NOT MET'}**: `{best['strategy']}` at {small} covers "
             f"{_fmt_clustered(best)}, `full` at {large} covers {_fmt_clustered(full_large)}{note}."
         )
-    verdict = {"better": "MET", "worse": "NOT MET"}.get(diff, "TIE")
+    verdict = {"better": "MET", "worse": "NOT MET", "n/a": "UNDECIDED"}.get(diff, "TIE")
     return (
         f"Goal (strategy picked after the fact, all questions): the best retrieval strategy at {small} tokens "
         f"covers more gold evidence than `full` at {large}. **{verdict}**: `{best['strategy']}` at {small} covers "
@@ -197,6 +200,8 @@ def _fmt_diff(row: dict | None, prefix: str) -> str:
     if row is None or row.get(prefix) is None:
         return "n/a"
     verdict = row.get(f"{prefix}_verdict", "")
+    if math.isnan(row[f"{prefix}_lo"]):
+        return f"{row[prefix]:+.3f} [no interval: one patient]"
     return f"{row[prefix]:+.3f} [{row[f'{prefix}_lo']:+.3f}, {row[f'{prefix}_hi']:+.3f}] {verdict}".rstrip()
 
 
@@ -235,14 +240,15 @@ def declared_goal_statement(
     ours = _clustered(primary, lambda i: i.evidence_coverage, resamples, seed)
     theirs = _clustered(full, lambda i: i.evidence_coverage, resamples, seed)
     diff = _paired(primary, full, resamples, seed)
-    verdict = {"better": "MET", "worse": "NOT MET"}.get(diff.verdict, "TIE")
+    verdict = {"better": "MET", "worse": "NOT MET", "n/a": "UNDECIDED (fewer than two test patients)"}.get(
+        diff.verdict, "TIE")
     return (
         f"Goal (declared before the run, {where}: {ours.n_items} questions over {ours.n_clusters} patients): "
         f"`{primary_strategy}` at {small} tokens covers more gold evidence than `full` at {large}. **{verdict}**: "
-        f"`{primary_strategy}` covers {ours.mean:.3f} [{ours.lo:.3f}, {ours.hi:.3f}], `full` covers "
-        f"{theirs.mean:.3f} [{theirs.lo:.3f}, {theirs.hi:.3f}]; paired difference {diff.mean:+.3f} "
-        f"[{diff.lo:+.3f}, {diff.hi:+.3f}] (95% intervals, patients resampled; MET/NOT MET only when the "
-        f"difference's interval excludes 0, else TIE)."
+        f"`{primary_strategy}` covers {_fmt(ours.mean, ours.lo, ours.hi)}, `full` covers "
+        f"{_fmt(theirs.mean, theirs.lo, theirs.hi)}; paired difference "
+        f"{_fmt_diff({'d': diff.mean, 'd_lo': diff.lo, 'd_hi': diff.hi}, 'd')} (95% intervals, patients "
+        f"resampled; MET/NOT MET only when the difference's interval excludes 0, else TIE)."
     )
 
 
@@ -292,7 +298,7 @@ def question_type_table(
             ours, theirs = groups.get((primary, small)), groups.get((BASELINE, large))
             if ours and theirs:
                 d = _paired(ours, theirs, resamples, seed)
-                cells.append(f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] {d.verdict}")
+                cells.append(_fmt_diff({"d": d.mean, "d_lo": d.lo, "d_hi": d.hi, "d_verdict": d.verdict}, "d"))
             else:
                 cells.append("")
         lines.append("| " + " | ".join(cells) + " |")

@@ -96,10 +96,13 @@ def _ratio(sums: np.ndarray, counts: np.ndarray, axis: int = -1) -> np.ndarray:
 def _bootstrap(
     arrays: tuple[np.ndarray, ...], statistic, point: float, confidence: float, n_resamples: int, seed: int
 ) -> tuple[float, float]:
+    """Percentile interval; nan when there are fewer than two clusters (nothing to resample: no interval)."""
     from scipy import stats
 
     first = arrays[0]
-    if first.size < 2 or all(np.all(a == a[0]) for a in arrays):
+    if first.size < 2:
+        return math.nan, math.nan
+    if all(np.all(a == a[0]) for a in arrays):
         return point, point
     result = stats.bootstrap(
         arrays, statistic, paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
@@ -123,7 +126,7 @@ def clustered_mean(
 
     Each resample draws as many patients as there are, with replacement, and takes the mean over all their items
     (a ratio of sums, so a patient with 60 questions weighs 60 times one with 1, as in the point estimate).
-    None values are left out; no values at all gives nan.
+    None values are left out; no values at all gives nan; a single patient gives the mean with a nan interval.
     """
     _check(confidence, n_resamples)
     sums, counts, n = _cluster_arrays(values, clusters)
@@ -166,7 +169,8 @@ def paired_difference(
 ) -> PairedDifference:
     """Mean of values[item] - baseline[item] over items defined in both, clustered by `clusters[item]`.
 
-    "better" when the whole interval is above 0, "worse" when below, otherwise "tie"; "n/a" with no pairs.
+    "better" when the whole interval is above 0, "worse" when below, otherwise "tie"; "n/a" with no pairs or
+    fewer than two patients (no interval).
     """
     items = sorted((item for item in values if values[item] is not None and baseline.get(item) is not None), key=str)
     missing = [item for item in items if item not in clusters]
@@ -175,7 +179,7 @@ def paired_difference(
     differences = [float(values[item]) - float(baseline[item]) for item in items]
     estimate = clustered_mean(differences, [clusters[item] for item in items], confidence=confidence,
                               n_resamples=n_resamples, seed=seed)
-    if estimate.n_items == 0:
+    if estimate.n_items == 0 or math.isnan(estimate.lo):
         verdict = "n/a"
     elif estimate.lo > 0:
         verdict = "better"
