@@ -330,11 +330,13 @@ def bench(
     backend: Optional[str] = typer.Option(None, "--backend", help="Override the config's backend (none = retrieval only)."),
     max_instructions: Optional[int] = typer.Option(None, "--max-instructions", help="Deterministic subset size."),
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="Override the config's index folder."),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Record source format (default: detected)."),
 ) -> None:
     """Run an ablation (strategies x budgets); interrupt and re-run to resume."""
     from medalign_rag.config import load_run_config, make_generator
 
-    run = load_run_config(config, {"data": data, "backend": backend, "max_instructions": max_instructions})
+    run = load_run_config(config, {"data": data, "backend": backend, "max_instructions": max_instructions,
+                                   "data_format": data_format})
     if index_dir is not None:
         run.index.index_dir = index_dir
     out_dir = out or Path("runs") / run.name

@@ -21,6 +21,7 @@ class SynthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     patients: int = Field(20, ge=1)
     seed: int = 7
+    copy_forward: float = Field(0.0, ge=0.0, le=1.0)  # share of notes that copy the previous note of their kind
 
 
 class SplitSettings(BaseModel):
@@ -45,6 +46,7 @@ class RunConfig(BaseModel):
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")  # becomes runs/<name>/
     data: Path
+    data_format: str | None = None  # a registered record source (medalign-xml, meds, omop, fhir); None: detect
     synth: SynthSettings | None = None
     index: IndexSettings = Field(default_factory=IndexSettings)
     strategies: list[str] = Field(default_factory=lambda: list(strategy_names()), min_length=1)

@@ -11,7 +11,8 @@ from medalign_rag.config import RunConfig
 from medalign_rag.errors import MedalignError
 from medalign_rag.evaluation.report import plot_metric, split_patients, summarize, write_report, write_summary_csv
 from medalign_rag.evaluation.runner import AblationRunner, select_instructions
-from medalign_rag.records.dataset import DataFolder, open_data_folder
+from medalign_rag.records.dataset import open_data
+from medalign_rag.records.sources import RecordSource
 
 
 class AblationOutcome(BaseModel):
@@ -25,7 +26,7 @@ class AblationOutcome(BaseModel):
     notes: list[str]
 
 
-def prepare_data(config: RunConfig, progress: bool = False) -> DataFolder:
+def prepare_data(config: RunConfig, progress: bool = False) -> RecordSource:
     if not Path(config.data).exists():
         if config.synth is None:
             raise MedalignError("data folder not found (set `synth:` in the config to generate one)",
@@ -33,8 +34,8 @@ def prepare_data(config: RunConfig, progress: bool = False) -> DataFolder:
         from medalign_rag.datasets.synthetic import generate_cohort
 
         generate_cohort(Path(config.data), n_patients=config.synth.patients, seed=config.synth.seed,
-                        progress=progress)
-    return open_data_folder(config.data)
+                        progress=progress, copy_forward=config.synth.copy_forward)
+    return open_data(config.data, format=config.data_format)
 
 
 def run_ablation(
@@ -86,7 +87,7 @@ def run_ablation(
     notes.append(f"tokens counted with {runner.counter.name}; {config.reserve_tokens} tokens reserved for the answer")
     if generator is not None:
         notes.append(f"answers by backend `{generator.name}`")
-    if data.model_responses_path.is_file():
+    if data.model_responses():
         notes.extend(_clinician_agreement(data, config))
     split = None
     if config.split is not None:
@@ -151,7 +152,7 @@ def _judge_answers(config: RunConfig, runner: AblationRunner, instructions, resu
             f"(rubric 1-5: accuracy, completeness, clarity; judge_overall is their mean)"]
 
 
-def _clinician_agreement(data: DataFolder, config: RunConfig) -> list[str]:
+def _clinician_agreement(data: RecordSource, config: RunConfig) -> list[str]:
     """Kendall's tau between each metric's ordering of the models' responses and the clinicians' ranks."""
     from medalign_rag.evaluation.agreement import metric_agreement
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from medalign_rag.chunking import ChunkingSettings, chunk_record
 from medalign_rag.errors import MedalignError
-from medalign_rag.records.model import PatientRecord
+from medalign_rag.records.sources import RecordSource
 from medalign_rag.index.embedding import DEFAULT_EMBEDDING_MODEL, Embedder, WindowSettings
 from medalign_rag.index.store import (
     IndexManifest,
@@ -25,15 +25,6 @@ from medalign_rag.index.store import (
 from medalign_rag.tokenization import TokenCounter, default_counter
 
 DEFAULT_INDEX_DIR = Path("indexes")
-
-
-class RecordSource(Protocol):
-    """What the builder needs of a data source (any record format): ids, records, and a fingerprint per patient
-    that changes whenever the patient's record does."""
-
-    def patient_ids(self) -> list[str]: ...
-    def load_record(self, patient_id: str) -> PatientRecord: ...
-    def fingerprint(self, patient_id: str) -> str: ...
 
 
 class IndexSettings(BaseModel):
