@@ -225,7 +225,7 @@ def assemble_context(
     strategy: str,
     budget: int,
     counter: TokenCounter,
-    ranking: Sequence[int],
+    ranking: Sequence[int] | Sequence[tuple[int, int]],
     newest_events_first: bool = False,
     overhead_tokens: int = 0,
     reserve_tokens: int = DEFAULT_ANSWER_RESERVE,
@@ -234,7 +234,12 @@ def assemble_context(
     """Fit the ranked chunks (chunk positions, best first) into `budget` tokens, never more.
 
     `newest_events_first` keeps a partly fitting chunk's newest events (a cut of the record from the front, as
-    `full` does) instead of its first ones."""
+    `full` does) instead of its first ones. A ranking of events ((chunk position, event position) pairs, as the
+    `events` strategy gives) is packed event by event (`assemble_event_context`)."""
+    if ranking and isinstance(ranking[0], tuple):
+        return assemble_event_context(index, strategy=strategy, budget=budget, counter=counter,
+                                      event_ranking=ranking, overhead_tokens=overhead_tokens,
+                                      reserve_tokens=reserve_tokens, time_anchor=time_anchor)
     available = budget - overhead_tokens - reserve_tokens
     if available <= 0:
         raise MedalignError(
@@ -331,7 +336,7 @@ class _EventPacking(BaseModel):
 
 def _pack_events(
     index: PatientIndex,
-    costs: _EventCosts,
+    costs: EventCosts,
     order: Sequence[tuple[int, int]],
     available: float,
     fixed: int,

@@ -92,6 +92,7 @@ class ConceptMatch:
     score: float  # fused, 0..1
     lexical: float  # bm25 share of the best lexical score, 0..1
     dense: float  # cosine similarity
+    coverage: float = 1.0  # share of the query's words (or of what its abbreviations stand for) in the concept
 
 
 @dataclass
@@ -105,6 +106,7 @@ class ConceptTable:
     event_time: np.ndarray  # flat event number -> datetime64[s]
     search_texts: list[str]
     bm25: bm25s.BM25 | None
+    search_tokens: list[frozenset[str]] = field(default_factory=list)
     _vectors: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -157,7 +159,21 @@ class ConceptTable:
             return []
         chosen = np.flatnonzero(score >= fraction * best)
         chosen = chosen[np.argsort(-score[chosen], kind="stable")][:limit]
-        return [ConceptMatch(int(i), float(score[i]), float(lexical[i]), float(dense[i])) for i in chosen]
+        words = _tokenize([query], return_ids=False)[0]
+        meant = set(_tokenize([" ".join(expansions)], return_ids=False)[0]) if expansions else set()
+        return [ConceptMatch(int(i), float(score[i]), float(lexical[i]), float(dense[i]),
+                             self.coverage(int(i), words, meant)) for i in chosen]
+
+    def coverage(self, concept: int, words: list[str], meant: set[str]) -> float:
+        """Share of the query's words found in the concept's search text; an abbreviation counts as found when
+        something it stands for is (its meanings are all in `meant`)."""
+        if not words:
+            return 0.0
+        tokens = self.search_tokens[concept]
+        found = sum(1 for w in words if w in tokens)
+        if meant & tokens and found < len(words):
+            found += 1
+        return min(1.0, found / len(words))
 
 
 def build_concept_table(index: PatientIndex, vocabulary: Vocabulary | None = None) -> ConceptTable:
@@ -201,13 +217,14 @@ def build_concept_table(index: PatientIndex, vocabulary: Vocabulary | None = Non
             count=len(events), last_value=latest.value, events=events))
     texts = [concept_search_text(c, vocabulary) for c in concepts]
     model = None
+    token_lists = _tokenize(texts, return_ids=False) if texts else []
     if texts:
         model = bm25s.BM25()
         model.index(_tokenize(texts), show_progress=False)
     return ConceptTable(concepts=concepts, event_concept=np.asarray(event_concept, dtype=np.int64),
                         event_chunk=np.asarray(event_chunk, dtype=np.int64),
                         event_offset=np.asarray(event_offset, dtype=np.int64), event_time=event_time,
-                        search_texts=texts, bm25=model)
+                        search_texts=texts, bm25=model, search_tokens=[frozenset(t) for t in token_lists])
 
 
 def concept_search_text(concept: Concept, vocabulary: Vocabulary | None) -> str:
@@ -222,8 +239,8 @@ def concept_search_text(concept: Concept, vocabulary: Vocabulary | None) -> str:
 
 
 def concept_table(index: PatientIndex, vocabulary: Vocabulary | None = None) -> ConceptTable:
-    """The index's concept table, built on first use and kept with the loaded index."""
-    per_vocabulary = index.caches.setdefault("concepts", {})
+    """The index's concept table, built on first use and kept in the loaded index's state (per vocabulary)."""
+    per_vocabulary = index.state.concepts
     key = id(vocabulary) if vocabulary is not None else None
     table = per_vocabulary.get(key)
     if table is None:

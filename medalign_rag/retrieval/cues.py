@@ -1,6 +1,6 @@
 """Time cues of an instruction as clinicians write them: shorthand normalized, dates found by a library.
 
-`temporal.py`'s rule set reads the benchmark's phrasing well ("since 08/11/2146", "the first hospital visit",
+`time_cues.py`'s rule set reads the benchmark's phrasing well ("since 08/11/2146", "the first hospital visit",
 "last month"). Clinicians write "since 8/11/46", "1st adm", "prev hosp", "past 30d", "on Mar 3rd". This module
 puts a thin, general layer around those rules:
 
@@ -22,14 +22,14 @@ import re
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from medalign_rag.retrieval.temporal import (
-    LATEST,
-    DateWindow,
-    TemporalCues,
-    _add_months,
+from medalign_rag.dates import add_months
+from medalign_rag.retrieval.time_cues import (
     _AFTER,
     _BEFORE,
     EARLIEST,
+    LATEST,
+    DateWindow,
+    TemporalCues,
     parse_temporal_cues,
 )
 from medalign_rag.retrieval.vocabulary import VISIT_WORDS
@@ -113,7 +113,7 @@ def _library_windows(text: str, time_anchor: datetime | None) -> list[DateWindow
             begin, end = start, start + timedelta(days=1)
         else:
             begin = start.replace(day=1)
-            end = _add_months(begin, 1)
+            end = add_months(begin, 1)
         before = text[: text.find(phrase)].rstrip() + " "
         if _AFTER.search(before[-24:]):
             end = LATEST

