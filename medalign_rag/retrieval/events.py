@@ -46,19 +46,21 @@ EventPosition = tuple[int, int]  # (chunk position, event position inside the ch
 
 MAX_CONCEPTS = 12  # matched concepts whose events become candidates, best first
 STRONG_MATCH = 0.5  # a concept match at or above this fused score leads the ranking; weaker ones follow chunks
+MAX_RANKED_TOKENS = 131072  # events of ranked chunks are listed until their chunks hold this many tokens
 KIND_FALLBACK = 0.5  # a kind-level question ("any drug") names no concept: none covers half of its other words
 
 
 @register_retriever("events", needs_embedder=True)
 class EventsRetriever(PatientRetriever):
-    """Ranks events (`rank_events`); `rank` gives the chunks in the order of their best event."""
+    """Ranks events (`rank_events`); `rank` gives the chunks in the order of their best event, then the rest."""
 
     strategy = "events"
 
     def __init__(self, index: PatientIndex, embedder: Embedder, *, top_k: int = 10,
                  time_anchor: datetime | None = None, vocabulary: Vocabulary | None = None,
                  max_concepts: int = MAX_CONCEPTS, strong_match: float = STRONG_MATCH,
-                 kind_fallback: float = KIND_FALLBACK, dense_concepts: bool = True) -> None:
+                 kind_fallback: float = KIND_FALLBACK, dense_concepts: bool = True,
+                 max_ranked_tokens: int = MAX_RANKED_TOKENS) -> None:
         super().__init__(index, top_k=top_k, time_anchor=time_anchor)
         self.embedder = embedder
         self.vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
@@ -66,6 +68,7 @@ class EventsRetriever(PatientRetriever):
         self.max_concepts = max_concepts
         self.strong_match = strong_match
         self.kind_fallback = kind_fallback
+        self.max_ranked_tokens = max_ranked_tokens
         self.dense_concepts = dense_concepts
         self.last_cues: TemporalCues | None = None
         self.last_matches: list[ConceptMatch] = []
@@ -130,10 +133,15 @@ class EventsRetriever(PatientRetriever):
         for flat in head:
             push(int(table.event_chunk[flat]), int(table.event_offset[flat]))
         anchor = self.time_anchor
+        ranked_tokens = 0
         for position in ranked_chunks:
-            for offset, event in enumerate(self.index.chunks[position].events):
+            chunk = self.index.chunks[position]
+            for offset, event in enumerate(chunk.events):
                 if anchor is None or event.timestamp <= anchor:
                     push(position, offset)
+            ranked_tokens += chunk.token_count
+            if ranked_tokens > self.max_ranked_tokens:
+                break  # more than any context holds: the rest of a long record would only cost time
         return order
 
     def _concepts(self, query: str, cues: TemporalCues, table: ConceptTable) -> list[ConceptMatch]:
