@@ -39,7 +39,11 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 # Words of the asking ("any", "what", "patient") match concept names like "Any fear in relationships": dropped.
 STOPWORDS = sorted(set(STOPWORDS_EN_PLUS) | {"patient", "patients", "pt", "value", "values", "total", "number",
                                               "amount", "count", "times", "time", "measured", "recorded", "show",
-                                              "tell", "give", "list", "please", "could", "would", "ever", "since"})
+                                              "tell", "give", "list", "please", "could", "would", "ever", "since",
+                                              # verbs of the asking: "received", "given" say nothing of the concept
+                                              "received", "receive", "given", "performed", "done", "had", "taken",
+                                              "ordered", "administered", "undergo", "underwent", "sort", "type",
+                                              "kind", "route", "name"})
 
 
 @lru_cache(maxsize=1)

@@ -26,7 +26,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from medalign_rag.index.embedding import Embedder
 from medalign_rag.index.store import PatientIndex
 from medalign_rag.retrieval.base import PatientRetriever, chunk_node
-from medalign_rag.retrieval.concepts import ConceptMatch, ConceptTable, concept_table
+from medalign_rag.retrieval.concepts import STOPWORDS, ConceptMatch, ConceptTable, concept_table
 from medalign_rag.retrieval.cues import parse_cues
 from medalign_rag.retrieval.hybrid import HybridRetriever
 from medalign_rag.retrieval.registry import register_retriever
@@ -41,6 +41,7 @@ from medalign_rag.retrieval.vocabulary import (
 )
 
 VISIT_WORD_MEANINGS = frozenset(VISIT_WORDS.values())
+ASKING_WORDS = frozenset(STOPWORDS)
 
 EventPosition = tuple[int, int]  # (chunk position, event position inside the chunk)
 
@@ -148,8 +149,8 @@ class EventsRetriever(PatientRetriever):
         """Concepts the question asks about. A question that names only a kind of fact ("the first drug
         prescribed", "any procedure", "hospital visits") asks about every concept of that kind."""
         # visit words are time cues, not what the question asks about
-        expansions = [e for e in self.vocabulary.meanings_in(query, visits=False)
-                      if not any(e == v for v in VISIT_WORD_MEANINGS)]
+        expansions = [e for e in self.vocabulary.meanings_in(query, visits=False, asking_words=ASKING_WORDS)
+                      if e not in VISIT_WORD_MEANINGS]
         embedder = self.embedder if self.dense_concepts else None
         kinds = kinds_named(f"{cues.content_query} {' '.join(expansions)}")
         if kinds:

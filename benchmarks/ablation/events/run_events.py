@@ -195,10 +195,12 @@ def main() -> None:
         synth_pipeline = Pipeline(synth_source, IndexSettings(index_dir=Path(args.synthetic) / "indexes"))
         synth_all = sorted((i for i in synth_source.instructions() if i.evidence_event_ids),
                            key=lambda i: i.instruction_id)
+        if args.indexed_only:
+            built = {p.parent.name for p in (Path(args.synthetic) / "indexes").glob("*/manifest.json")}
+            synth_all = [i for i in synth_all if i.patient_id in built]
         synth = sample(synth_all, args.sample_synthetic)
         sampled["synthetic"] = (len(synth_all), len(synth))
-        stages.append((synth_pipeline, synth, "synthetic", "written",
-                       {"events": [2048], "temporal": [2048], "full": [32768]}))
+        stages.append((synth_pipeline, synth, "synthetic", "written", {"events": [2048], "temporal": [2048]}))
     timing: dict = {}
     for stage_pipeline, instructions, part, wording, plan in stages:
         evaluate(stage_pipeline, instructions, part, wording, plan, items, f"{part}/{wording}")
