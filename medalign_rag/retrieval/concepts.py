@@ -250,18 +250,3 @@ def concept_table(index: PatientIndex, vocabulary: Vocabulary | None = None) -> 
     if table is None:
         table = per_vocabulary[key] = build_concept_table(index, vocabulary)
     return table
-
-
-def flowsheet_lines(table: ConceptTable, concept_numbers: list[int], events: np.ndarray,
-                    value_of) -> list[str]:
-    """One line per concept with its chosen values over time: `name (unit): 2146-10-09 08:00 7.4; ...`."""
-    chosen = set(int(e) for e in events)
-    lines = []
-    for number in concept_numbers:
-        concept = table.concepts[number]
-        values = [f"{str(table.event_time[e])[:16].replace('T', ' ')} {value_of(e)}"
-                  for e in concept.events if int(e) in chosen]
-        if values:
-            unit = f" ({concept.unit})" if concept.unit else ""
-            lines.append(f"{concept.name}{unit}: " + "; ".join(values))
-    return lines
