@@ -225,7 +225,7 @@ def assemble_context(
     strategy: str,
     budget: int,
     counter: TokenCounter,
-    ranking: Sequence[int],
+    ranking: Sequence[int] | Sequence[tuple[int, int]],
     newest_events_first: bool = False,
     overhead_tokens: int = 0,
     reserve_tokens: int = DEFAULT_ANSWER_RESERVE,
@@ -234,7 +234,12 @@ def assemble_context(
     """Fit the ranked chunks (chunk positions, best first) into `budget` tokens, never more.
 
     `newest_events_first` keeps a partly fitting chunk's newest events (a cut of the record from the front, as
-    `full` does) instead of its first ones."""
+    `full` does) instead of its first ones. A ranking of events ((chunk position, event position) pairs, as the
+    `events` strategy gives) is packed event by event (`assemble_event_context`)."""
+    if ranking and isinstance(ranking[0], tuple):
+        return assemble_event_context(index, strategy=strategy, budget=budget, counter=counter,
+                                      event_ranking=ranking, overhead_tokens=overhead_tokens,
+                                      reserve_tokens=reserve_tokens, time_anchor=time_anchor)
     available = budget - overhead_tokens - reserve_tokens
     if available <= 0:
         raise MedalignError(
@@ -302,3 +307,176 @@ def assemble_context(
 def format_citation(citation: Citation) -> str:
     end = f" to {format_timestamp(citation.end)[:10]}" if citation.end else ""
     return f"{citation.encounter_id} ({citation.encounter_type}, {format_timestamp(citation.start)[:10]}{end})"
+
+
+# -- event-level packing ------------------------------------------------------------------------------------------
+
+COPY_FORWARD_SHINGLE = 5  # words per shingle
+COPY_FORWARD_OVERLAP = 0.8  # share of the shorter note's shingles found in the other: a copied-forward note
+
+
+def _shingles(text: str) -> frozenset[int]:
+    words = text.lower().split()
+    n = COPY_FORWARD_SHINGLE
+    return frozenset(hash(" ".join(words[i:i + n])) for i in range(max(1, len(words) - n + 1)))
+
+
+def near_duplicate(a: frozenset[int], b: frozenset[int], threshold: float = COPY_FORWARD_OVERLAP) -> bool:
+    if not a or not b:
+        return False
+    return len(a & b) / min(len(a), len(b)) >= threshold
+
+
+class _EventPacking(BaseModel):
+    selected: dict[int, list[int]]
+    also_cited: dict[str, list[str]]  # packed note event id -> ids of the copies it stands for
+    estimated_tokens: int
+    complete: bool
+
+
+def _pack_events(
+    index: PatientIndex,
+    costs: EventCosts,
+    order: Sequence[tuple[int, int]],
+    available: float,
+    fixed: int,
+    time_anchor: datetime | None,
+    dedupe_notes: bool,
+) -> _EventPacking:
+    """Greedy by estimated cost in `order`; an event that does not fit is skipped and smaller ones may follow.
+    A note that repeats an already packed note (copied forward) is not packed again: the later of the two is
+    kept, and it cites both."""
+    used = fixed
+    opened: set[str] = set()
+    entries: set[tuple[str, datetime]] = set()
+    selected: dict[int, set[int]] = {}
+    notes: list[tuple[frozenset[int], int, int]] = []  # shingles, chunk position, event position
+    also_cited: dict[str, list[str]] = {}
+    complete = True
+    misses = 0
+    for position, i in order:
+        chunk = index.chunks[position]
+        event = chunk.events[i]
+        if not _visible(event, time_anchor):
+            continue
+        if dedupe_notes and event.text and len(event.text) > 200:
+            shingles = _shingles(event.text)
+            twin = next((n for n in notes if near_duplicate(shingles, n[0])), None)
+            if twin is not None:
+                kept = index.chunks[twin[1]].events[twin[2]]
+                if event.timestamp > kept.timestamp:
+                    # the later copy replaces the earlier one when it fits in the earlier one's place
+                    delta = costs.event_cost[position][i] - costs.event_cost[twin[1]][twin[2]]
+                    new_entry = (chunk.encounter_id, event.timestamp) not in entries
+                    extra = delta + (costs.entry_cost if new_entry else 0) + (
+                        0 if chunk.encounter_id in opened else costs.encounter_cost[chunk.encounter_id])
+                    if used + extra <= available:
+                        selected[twin[1]].discard(twin[2])
+                        if not selected[twin[1]]:
+                            del selected[twin[1]]
+                        selected.setdefault(position, set()).add(i)
+                        opened.add(chunk.encounter_id)
+                        entries.add((chunk.encounter_id, event.timestamp))
+                        used += extra
+                        notes.remove(twin)
+                        notes.append((shingles, position, i))
+                        also_cited[event.event_id] = [*also_cited.pop(kept.event_id, []), kept.event_id]
+                        continue
+                also_cited.setdefault(kept.event_id, []).append(event.event_id)
+                continue
+        else:
+            shingles = None
+        step = costs.event_cost[position][i]
+        if (chunk.encounter_id, event.timestamp) not in entries:
+            step += costs.entry_cost
+        if chunk.encounter_id not in opened:
+            step += costs.encounter_cost[chunk.encounter_id]
+        if used + step > available:
+            complete = False
+            misses += 1
+            if misses > 200:  # the budget is full: nothing much smaller is coming
+                break
+            continue
+        selected.setdefault(position, set()).add(i)
+        opened.add(chunk.encounter_id)
+        entries.add((chunk.encounter_id, event.timestamp))
+        used += step
+        if shingles is not None:
+            notes.append((shingles, position, i))
+    return _EventPacking(selected={p: sorted(s) for p, s in selected.items()}, also_cited=also_cited,
+                         estimated_tokens=used, complete=complete)
+
+
+def assemble_event_context(
+    index: PatientIndex,
+    *,
+    strategy: str,
+    budget: int,
+    counter: TokenCounter,
+    event_ranking: Sequence[tuple[int, int]],
+    overhead_tokens: int = 0,
+    reserve_tokens: int = DEFAULT_ANSWER_RESERVE,
+    time_anchor: datetime | None = None,
+    dedupe_notes: bool = True,
+) -> AssembledContext:
+    """Fit ranked events ((chunk position, event position), best first) into `budget` tokens, never more; the
+    chosen events are rendered under their encounter headers in record order and every one is cited by id."""
+    available = budget - overhead_tokens - reserve_tokens
+    if available <= 0:
+        raise MedalignError(
+            f"budget {budget} leaves no room for the record after the prompt ({overhead_tokens} tokens) "
+            f"and the answer reserve ({reserve_tokens})"
+        )
+    costs = _costs(index, counter)
+    fixed = costs.empty_context
+    tolerance = max(8, available // 100)
+    target = available * 0.99
+    best: tuple[_EventPacking, str, int] | None = None
+    for _ in range(5):
+        packing = _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes)
+        text = _render_text(index, _chronological(index, packing.selected))
+        tokens = counter.count(text)
+        scale = packing.estimated_tokens / max(tokens, 1)
+        if tokens <= available:
+            if best is None or tokens > best[2]:
+                best = (packing, text, tokens)
+            if packing.complete or available - tokens <= tolerance:
+                break
+            target += (available - tokens) * scale * 0.98
+        else:
+            target -= (tokens - available) * scale * 1.02 + 1
+    if best is None:
+        # still over (pathological tokenization): drop the lowest-ranked chosen events until it fits
+        rank_of = {item: r for r, item in enumerate(event_ranking)}
+        chosen = sorted(((p, i) for p, ids in packing.selected.items() for i in ids), key=lambda it: rank_of[it])
+        while tokens > available and chosen:
+            p, i = chosen.pop()
+            packing.selected[p].remove(i)
+            if not packing.selected[p]:
+                del packing.selected[p]
+            text = _render_text(index, _chronological(index, packing.selected))
+            tokens = counter.count(text)
+        if tokens > available:
+            raise MedalignError(f"budget {budget} is too small for even an empty record context ({tokens} tokens)")
+        best = (packing, text, tokens)
+
+    packing, text, tokens = best
+    items = _chronological(index, packing.selected)
+    citations, event_ids = _citations(index, items)
+    cited = [extra for event_id in event_ids for extra in packing.also_cited.get(event_id, [])]
+    positions = sorted(packing.selected, key=lambda p: index.chunks[p].ordinal)
+    return AssembledContext(
+        strategy=strategy,
+        budget=budget,
+        overhead_tokens=overhead_tokens,
+        reserve_tokens=reserve_tokens,
+        available_tokens=available,
+        context_tokens=tokens,
+        token_counter=counter.name,
+        text=text,
+        chunk_ids=[index.chunks[p].chunk_id for p in positions],
+        event_ids=event_ids + [e for e in dict.fromkeys(cited) if e not in set(event_ids)],
+        citations=citations,
+        trimmed_chunk_ids=[index.chunks[p].chunk_id for p in positions
+                           if len(packing.selected[p]) < len(index.chunks[p].events)],
+    )

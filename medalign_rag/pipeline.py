@@ -155,7 +155,7 @@ class Pipeline:
         return overhead
 
     def _ranking(self, index: PatientIndex, request: AnswerRequest,
-                 gold_event_ids: Iterable[str]) -> tuple[list[int], list[str] | None, bool]:
+                 gold_event_ids: Iterable[str]) -> tuple[list, list[str] | None, bool]:
         """Chunk positions best first, computed once per (patient, question, strategy, anchor) and reused across
         budgets: an ablation asks for the same ranking at five budgets."""
         spec = retriever_spec(request.strategy)
@@ -170,8 +170,14 @@ class Pipeline:
                 embedder=self.builder.embedder if spec.needs_embedder else None,
                 time_anchor=request.time_anchor, gold_event_ids=gold,
             )
-            positions = [position for position, _ in retriever.rank(request.question)]
-            ranked_ids = [index.chunks[p].chunk_id for p in positions] if retriever.reports_ranking_metrics else None
+            rank_events = getattr(retriever, "rank_events", None)
+            if rank_events is not None:  # event-level strategies: (chunk, event) pairs, packed event by event
+                positions = rank_events(request.question)
+                chunk_order = list(dict.fromkeys(p for p, _ in positions))
+            else:
+                positions = chunk_order = [position for position, _ in retriever.rank(request.question)]
+            ranked_ids = ([index.chunks[p].chunk_id for p in chunk_order] if retriever.reports_ranking_metrics
+                          else None)
             cached = (positions, ranked_ids)
             with self._lock:
                 self._rankings[key] = cached

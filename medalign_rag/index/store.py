@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import bm25s
 
     from medalign_rag.context import EventCosts, RenderCache
+    from medalign_rag.retrieval.concepts import ConceptTable
     from medalign_rag.retrieval.temporal import TimeArrays
 
 FORMAT_VERSION = 2  # 2: windows embed entry-grouped event briefs
@@ -80,6 +81,7 @@ class IndexState:
     time_arrays: TimeArrays | None = None  # retrieval.temporal
     render: RenderCache | None = None  # context: each event's line, each encounter's opening tag
     event_costs: dict[str, EventCosts] = field(default_factory=dict)  # context: per tokenizer name
+    concepts: dict[int | None, ConceptTable] = field(default_factory=dict)  # retrieval.concepts: per vocabulary
 
 
 @dataclass(eq=False)

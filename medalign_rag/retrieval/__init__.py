@@ -6,6 +6,7 @@ from medalign_rag.retrieval.lexical import BM25Retriever
 from medalign_rag.retrieval.dense import DenseRetriever
 from medalign_rag.retrieval.hybrid import HybridRetriever
 from medalign_rag.retrieval.temporal import TemporalRetriever
+from medalign_rag.retrieval.events import EventsRetriever
 from medalign_rag.retrieval.oracle import OracleRetriever
 from medalign_rag.retrieval.base import PatientRetriever
 from medalign_rag.retrieval.full import FullRecordRetriever, RecencyRetriever
@@ -21,6 +22,7 @@ from medalign_rag.retrieval.time_cues import TemporalCues, parse_temporal_cues
 __all__ = [
     "BM25Retriever",
     "DenseRetriever",
+    "EventsRetriever",
     "FullRecordRetriever",
     "HybridRetriever",
     "OracleRetriever",

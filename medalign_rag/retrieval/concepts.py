@@ -1,0 +1,252 @@
+"""The per-patient concept table: every concept in one record, searchable by name.
+
+A question names a concept (a lab, a drug, a diagnosis, a kind of visit) and the answer sits in that concept's
+events. A patient has a few hundred distinct concepts against tens of thousands of events, so matching the
+question against *concept names* first is both cheap and precise: "potassium" reaches this patient's "Potassium"
+and "Potassium, Whole Blood", "SpO2" (through the source's own dictionary) "O2 saturation pulseoxymetry",
+"meds" every drug.
+
+Each concept row holds name, code, kind, unit, first and last time, count and last value, and the flat positions
+of its events. The search text of a concept is its name, its kind's generic words (vocabulary.KIND_LABELS), its
+code and the source dictionary's abbreviations and category for the name. Matching is lexical (bm25s over those
+texts, the question expanded with clinicians' abbreviations) fused with dense similarity (the index's sentence
+encoder over the names), both over the patient's own names only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Iterable
+
+import bm25s
+import numpy as np
+from bm25s.stopwords import STOPWORDS_EN_PLUS
+from functools import lru_cache
+
+from medalign_rag.records.model import Event, EventKind
+from medalign_rag.retrieval.vocabulary import KIND_LABELS, Vocabulary
+
+if TYPE_CHECKING:
+    from medalign_rag.index.embedding import Embedder
+    from medalign_rag.index.store import PatientIndex
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+# Words of the asking ("any", "what", "patient") match concept names like "Any fear in relationships": dropped.
+STOPWORDS = sorted(set(STOPWORDS_EN_PLUS) | {"patient", "patients", "pt", "value", "values", "total", "number",
+                                              "amount", "count", "times", "time", "measured", "recorded", "show",
+                                              "tell", "give", "list", "please", "could", "would", "ever", "since",
+                                              # verbs of the asking: "received", "given" say nothing of the concept
+                                              "received", "receive", "given", "performed", "done", "had", "taken",
+                                              "ordered", "administered", "undergo", "underwent", "sort", "type",
+                                              "kind", "route", "name"})
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer  # PyStemmer: "drugs"/"drug", "diagnosed"/"diagnoses" meet
+
+    return Stemmer.Stemmer("english")
+
+
+def _tokenize(texts: list[str], *, return_ids: bool = True):
+    return bm25s.tokenize(texts, stopwords=STOPWORDS, stemmer=_stemmer(), show_progress=False,
+                          return_ids=return_ids)
+
+
+# Concept names recur across patients ("Potassium", "Heart Rate"): their vectors are computed once per process.
+_NAME_VECTORS: dict[tuple[str, str], np.ndarray] = {}
+
+LEXICAL_WEIGHT = 0.6  # share of the lexical score in a concept's match score (the rest is dense similarity)
+MIN_DENSE_SIMILARITY = 0.45  # a concept with no lexical match must be at least this close in meaning
+MATCH_FRACTION = 0.6  # a concept matches at >= this fraction of the best concept's score
+
+
+@dataclass
+class Concept:
+    name: str
+    kind: EventKind
+    code: str | None
+    unit: str | None
+    first: datetime
+    last: datetime
+    count: int
+    last_value: str | None
+    events: np.ndarray  # flat event numbers (see ConceptTable), chronological
+
+
+def concept_name(event: Event) -> str:
+    if event.name:
+        return event.name
+    return event.source_type or event.kind.value
+
+
+def concept_key(event: Event) -> tuple[str, str]:
+    """Events of one concept: same kind and the same name up to case and spacing."""
+    return event.kind.value, re.sub(r"\s+", " ", concept_name(event).strip().lower())
+
+
+@dataclass
+class ConceptMatch:
+    concept: int
+    score: float  # fused, 0..1
+    lexical: float  # bm25 share of the best lexical score, 0..1
+    dense: float  # cosine similarity
+    coverage: float = 1.0  # share of the query's words (or of what its abbreviations stand for) in the concept
+
+
+@dataclass
+class ConceptTable:
+    """Concepts of one patient index, with flat event arrays that map every event to its concept and place."""
+
+    concepts: list[Concept]
+    event_concept: np.ndarray  # flat event number -> concept number
+    event_chunk: np.ndarray  # flat event number -> chunk position
+    event_offset: np.ndarray  # flat event number -> position inside its chunk
+    event_time: np.ndarray  # flat event number -> datetime64[s]
+    search_texts: list[str]
+    bm25: bm25s.BM25 | None
+    search_tokens: list[frozenset[str]] = field(default_factory=list)
+    _vectors: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.concepts)
+
+    def vectors(self, embedder: Embedder) -> np.ndarray:
+        """Dense vectors of the concept names, computed on first use (a few hundred short texts)."""
+        if self._vectors is None:
+            names = [c.name for c in self.concepts]
+            missing = sorted({n for n in names if (embedder.model_name, n) not in _NAME_VECTORS})
+            if missing:
+                for name, vector in zip(missing, embedder.embed_texts(missing)):
+                    _NAME_VECTORS[(embedder.model_name, name)] = vector
+            self._vectors = (np.stack([_NAME_VECTORS[(embedder.model_name, n)] for n in names]) if names
+                             else np.zeros((0, embedder.dimension), np.float32))
+        return self._vectors
+
+    def lexical_scores(self, query: str) -> np.ndarray:
+        if self.bm25 is None:
+            return np.zeros(len(self.concepts), dtype=np.float32)
+        tokens = _tokenize([query], return_ids=False)[0]
+        if not tokens:
+            return np.zeros(len(self.concepts), dtype=np.float32)
+        return np.asarray(self.bm25.get_scores(tokens), dtype=np.float32)
+
+    def match(self, query: str, *, expansions: Iterable[str] = (), embedder: Embedder | None = None,
+              lexical_weight: float = LEXICAL_WEIGHT, min_dense: float = MIN_DENSE_SIMILARITY,
+              fraction: float = MATCH_FRACTION, limit: int | None = None) -> list[ConceptMatch]:
+        """Concepts of this patient that `query` asks about, best first (empty when none is close enough).
+
+        `expansions`: what the question's abbreviations stand for (Vocabulary.meanings_in of the question as
+        typed, before any lower-casing), matched along with the query."""
+        expansions = [e for e in expansions if e.lower() not in query.lower()]
+        expanded = f"{query} {' '.join(expansions)}".strip()
+        if not self.concepts or not expanded:
+            return []
+        lexical = self.lexical_scores(expanded)
+        best_lexical = float(lexical.max()) if len(lexical) else 0.0
+        lexical = lexical / best_lexical if best_lexical > 0 else np.zeros_like(lexical)
+        if embedder is not None:
+            dense = self.vectors(embedder) @ np.asarray(embedder.embed_query(expanded), dtype=np.float32)
+        else:
+            dense = np.zeros(len(self.concepts), dtype=np.float32)
+            lexical_weight = 1.0
+        # Dense similarity below the floor says "unrelated": it adds nothing rather than a little to everything.
+        dense_part = np.clip((dense - min_dense) / max(1e-6, 1.0 - min_dense), 0.0, 1.0)
+        score = lexical_weight * lexical + (1.0 - lexical_weight) * dense_part
+        best = float(score.max())
+        if best <= 0:
+            return []
+        chosen = np.flatnonzero(score >= fraction * best)
+        chosen = chosen[np.argsort(-score[chosen], kind="stable")][:limit]
+        words = _tokenize([query], return_ids=False)[0]
+        meant = set(_tokenize([" ".join(expansions)], return_ids=False)[0]) if expansions else set()
+        return [ConceptMatch(int(i), float(score[i]), float(lexical[i]), float(dense[i]),
+                             self.coverage(int(i), words, meant)) for i in chosen]
+
+    def coverage(self, concept: int, words: list[str], meant: set[str]) -> float:
+        """Share of the query's words found in the concept's search text; an abbreviation counts as found when
+        something it stands for is (its meanings are all in `meant`)."""
+        if not words:
+            return 0.0
+        tokens = self.search_tokens[concept]
+        found = sum(1 for w in words if w in tokens)
+        if meant & tokens and found < len(words):
+            found += 1
+        return min(1.0, found / len(words))
+
+
+def build_concept_table(index: PatientIndex, vocabulary: Vocabulary | None = None) -> ConceptTable:
+    keys: dict[tuple[str, str], int] = {}
+    members: list[list[int]] = []
+    first_event: list[Event] = []
+    codes: list[Counter] = []
+    event_concept, event_chunk, event_offset, stamps = [], [], [], []
+    flat = 0
+    last_event: list[Event] = []
+    for position, chunk in enumerate(index.chunks):
+        for offset, event in enumerate(chunk.events):
+            key = concept_key(event)
+            number = keys.get(key)
+            if number is None:
+                number = keys[key] = len(members)
+                members.append([])
+                first_event.append(event)
+                last_event.append(event)
+                codes.append(Counter())
+            members[number].append(flat)
+            if event.code:
+                codes[number][event.code] += 1
+            if event.timestamp >= last_event[number].timestamp:
+                last_event[number] = event
+            event_concept.append(number)
+            event_chunk.append(position)
+            event_offset.append(offset)
+            stamps.append(np.datetime64(event.timestamp.replace(microsecond=0), "s"))
+            flat += 1
+    event_time = np.array(stamps, dtype="datetime64[s]")
+    concepts: list[Concept] = []
+    for number, flat_events in enumerate(members):
+        events = np.asarray(flat_events, dtype=np.int64)
+        events = events[np.argsort(event_time[events], kind="stable")]
+        sample, latest = first_event[number], last_event[number]
+        concepts.append(Concept(
+            name=concept_name(sample), kind=sample.kind,
+            code=codes[number].most_common(1)[0][0] if codes[number] else None,
+            unit=sample.unit, first=min(event_time[events]).astype(datetime), last=latest.timestamp,
+            count=len(events), last_value=latest.value, events=events))
+    texts = [concept_search_text(c, vocabulary) for c in concepts]
+    model = None
+    token_lists = _tokenize(texts, return_ids=False) if texts else []
+    if texts:
+        model = bm25s.BM25()
+        model.index(_tokenize(texts), show_progress=False)
+    return ConceptTable(concepts=concepts, event_concept=np.asarray(event_concept, dtype=np.int64),
+                        event_chunk=np.asarray(event_chunk, dtype=np.int64),
+                        event_offset=np.asarray(event_offset, dtype=np.int64), event_time=event_time,
+                        search_texts=texts, bm25=model, search_tokens=[frozenset(t) for t in token_lists])
+
+
+def concept_search_text(concept: Concept, vocabulary: Vocabulary | None) -> str:
+    parts = [concept.name, KIND_LABELS.get(concept.kind, "")]
+    if concept.code:
+        parts.append(concept.code.replace("/", " "))
+    if concept.unit:
+        parts.append(concept.unit)
+    if vocabulary is not None:
+        parts.append(vocabulary.concept_words(concept.name))
+    return " ".join(p for p in parts if p)
+
+
+def concept_table(index: PatientIndex, vocabulary: Vocabulary | None = None) -> ConceptTable:
+    """The index's concept table, built on first use and kept in the loaded index's state (per vocabulary)."""
+    per_vocabulary = index.state.concepts
+    key = id(vocabulary) if vocabulary is not None else None
+    table = per_vocabulary.get(key)
+    if table is None:
+        table = per_vocabulary[key] = build_concept_table(index, vocabulary)
+    return table

@@ -1,0 +1,135 @@
+"""Time cues of an instruction as clinicians write them: shorthand normalized, dates found by a library.
+
+`time_cues.py`'s rule set reads the benchmark's phrasing well ("since 08/11/2146", "the first hospital visit",
+"last month"). Clinicians write "since 8/11/46", "1st adm", "prev hosp", "past 30d", "on Mar 3rd". This module
+puts a thin, general layer around those rules:
+
+1. **Normalization** of shorthand the rules do not know: visit words from `vocabulary.VISIT_WORDS` ("adm",
+   "hospitalization", "ED visit"), numeric ordinals ("1st", "2nd"), "prev"/"recent" forms, compact periods
+   ("30d", "3 mo", "2 yrs", "6wk"), and two-digit years, read in the century that puts the date nearest before
+   the time anchor (a clinician in 2146 writing "8/11/46" means 2146).
+2. **The rules** of `parse_temporal_cues` (dates and ranges with since/before/between, relative periods, visit
+   ordinals, direction words).
+3. **dateparser's `search_dates`** over what the rules left, relative to the time anchor, for explicit dates in
+   any other written form ("March 3rd", "3 Mar", "the 12th of March"); its hits become windows at the phrase's own
+   granularity (a day, or a month when no day is written). Weekday names and bare numbers are not dates here
+   ("sat" is saturation, "10014354" a patient id).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from medalign_rag.dates import add_months
+from medalign_rag.retrieval.time_cues import (
+    _AFTER,
+    _BEFORE,
+    EARLIEST,
+    LATEST,
+    DateWindow,
+    TemporalCues,
+    parse_temporal_cues,
+)
+from medalign_rag.retrieval.vocabulary import VISIT_WORDS
+
+_ORDINALS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth"}
+_SHORTHAND = [
+    (re.compile(r"\b(\d+)\s*(?:d|dys?)\b"), r"\1 days"),
+    (re.compile(r"\b(\d+)\s*(?:wks?|w)\b"), r"\1 weeks"),
+    (re.compile(r"\b(\d+)\s*(?:mos?|mths?|mnths?)\b"), r"\1 months"),
+    (re.compile(r"\b(\d+)\s*(?:yrs?|y)\b"), r"\1 years"),
+    (re.compile(r"\bprev\b|\bpreceding\b"), "previous"),
+    (re.compile(r"\bmost\s+recently\b|\bmost\s+rec\b"), "most recent"),
+    (re.compile(r"\bd/c(?:'?d)?\b"), "discharge"),
+    (re.compile(r"\b(this|current|present)\s+(hospital visit|icu stay|visit|stay)\b"), r"last \2"),
+    (re.compile(r"\bsince\s+(?:the\s+)?(?:last\s+)?hospital visit\b"), "during the last hospital visit"),
+]
+_VISIT_PATTERN = re.compile(
+    r"\b(" + "|".join(re.escape(word) for word in sorted(VISIT_WORDS, key=len, reverse=True)) + r")\b",
+    re.IGNORECASE)
+_SHORT_YEAR_DATE = re.compile(r"\b(?P<m>[01]?\d)/(?P<d>[0-3]?\d)/(?P<y>\d{2})\b")
+_WEEKDAY = re.compile(r"^(?:on\s+)?(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)(?:day)?\.?$", re.IGNORECASE)
+_NUMERIC_DATE = re.compile(r"\b\d{1,2}/\d{1,2}/\d{2,4}\b|\b\d{1,2}/\d{4}\b|\b\d{4}-\d\d(?:-\d\d)?\b")
+_HAS_DAY = re.compile(r"\b[0-3]?\d(?:st|nd|rd|th)?\b")
+_MONTH_WORD = re.compile(r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\b", re.IGNORECASE)
+
+
+def _century_near(two_digits: int, anchor: datetime | None) -> int:
+    """The four-digit year ending in `two_digits` nearest before the anchor (or this century without one)."""
+    reference = anchor.year if anchor else datetime.now().year
+    year = reference - reference % 100 + two_digits
+    return year - 100 if year > reference else year
+
+
+def normalize_shorthand(question: str, time_anchor: datetime | None) -> str:
+    """Rewrite clinicians' shorthand for visits, ordinals, periods and two-digit years into plain forms."""
+    text = _VISIT_PATTERN.sub(lambda m: VISIT_WORDS[m.group(1).lower()], question)
+    # "1st adm" is an ordinal, "Mar 3rd" / "the 3rd of March" a date: only the former is rewritten
+    text = re.sub(r"\b(1st|2nd|3rd|4th)\b(?!\s+of\b)",
+                  lambda m: _ORDINALS[m.group(1).lower()]
+                  if not _MONTH_WORD.search(text[max(0, m.start() - 6):m.start()]) else m.group(1),
+                  text, flags=re.IGNORECASE)
+    text = _SHORT_YEAR_DATE.sub(
+        lambda m: f"{m['m']}/{m['d']}/{_century_near(int(m['y']), time_anchor)}", text)
+    lowered = text.lower()
+    for pattern, replacement in _SHORTHAND:
+        lowered = pattern.sub(replacement, lowered)
+    # "hospital hospital visit" after replacing "hospital admission" inside a longer phrase
+    return re.sub(r"\bhospital\s+hospital\b", "hospital", lowered)
+
+
+def _blank(text: str, phrases: tuple[str, ...]) -> str:
+    for phrase in phrases:
+        if phrase:
+            text = text.replace(phrase, " " * len(phrase))
+    return text
+
+
+def _library_windows(text: str, time_anchor: datetime | None) -> list[DateWindow]:
+    """Dates dateparser finds in `text` that the rules did not, as day or month windows."""
+    if not re.search(r"\d", text) and not _MONTH_WORD.search(text):
+        return []  # nothing date-like left: skip the library (it is the slow part)
+    from dateparser.search import search_dates
+
+    settings = {"PREFER_DATES_FROM": "past", "RETURN_AS_TIMEZONE_AWARE": False, "DATE_ORDER": "MDY",
+                "REQUIRE_PARTS": ["month"], "STRICT_PARSING": False}
+    if time_anchor is not None:
+        settings["RELATIVE_BASE"] = time_anchor
+    try:
+        found = search_dates(text, languages=["en"], settings=settings) or []
+    except Exception:  # the library raises assorted errors on odd input; a cue we cannot read is no cue
+        return []
+    windows: list[DateWindow] = []
+    for phrase, moment in found:
+        bare = phrase.strip()
+        if _WEEKDAY.match(bare) or not (_MONTH_WORD.search(bare) or _NUMERIC_DATE.search(bare)):
+            continue
+        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        without_month = _MONTH_WORD.sub(" ", bare)
+        has_day = bool(_HAS_DAY.search(re.sub(r"\b\d{4}\b", " ", without_month)))
+        if has_day:
+            begin, end = start, start + timedelta(days=1)
+        else:
+            begin = start.replace(day=1)
+            end = add_months(begin, 1)
+        before = text[: text.find(phrase)].rstrip() + " "
+        if _AFTER.search(before[-24:]):
+            end = LATEST
+        elif _BEFORE.search(before[-24:]):
+            begin, end = EARLIEST, begin
+        windows.append(DateWindow(begin, end, bare))
+    return windows
+
+
+def parse_cues(question: str, time_anchor: datetime | None) -> TemporalCues:
+    """Time cues of `question`, written as the benchmark writes or as clinicians type."""
+    normalized = normalize_shorthand(question, time_anchor)
+    cues = parse_temporal_cues(normalized, time_anchor)
+    remaining = _blank(normalized, cues.matched)
+    extra = _library_windows(remaining, time_anchor)
+    if not extra:
+        return cues
+    return replace(cues, windows=cues.windows + tuple(extra), matched=cues.matched + tuple(w.text for w in extra),
+                   content_query=_blank(cues.content_query, tuple(w.text for w in extra)).strip())

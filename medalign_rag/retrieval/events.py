@@ -1,0 +1,195 @@
+"""`events`: event-level, concept-aware selection that reads clinicians' language.
+
+A question names a concept and a period; the answer sits in a handful of events. Chunk retrieval spends the budget
+on whole 256-token encounter chunks, most of whose events are not what was asked. This strategy ranks *events*:
+
+1. **Time cues** (cues.py): the benchmark's phrasing and clinicians' shorthand ("1st adm", "past 30d",
+   "since 8/11/46"), dates found by dateparser, visit ordinals and direction words.
+2. **Concept candidates** (concepts.py): the question, its abbreviations expanded (vocabulary.py), is matched to
+   this patient's own concept names; the events of matched concepts inside the question's period (or visit) come
+   first, best concept first, in the question's direction (newest first for "latest", oldest for "first", newest
+   first otherwise), interleaved across concepts so that each matched concept shows its leading values early.
+3. **Text retrieval**: `temporal`'s chunk ranking (hybrid dense + BM25 steered by the same cues); the events of
+   the ranked chunks follow, chunk by chunk, so anything concept matching missed is still reached as `temporal`
+   would reach it.
+
+Chunks stay the unit of the FAISS index; events are ranked inside them. Context assembly packs the ranked events
+under their encounter headers in chronological order (context.assemble_context with an event ranking).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+import numpy as np
+from llama_index.core.schema import NodeWithScore, QueryBundle
+
+from medalign_rag.index.embedding import Embedder
+from medalign_rag.index.store import PatientIndex
+from medalign_rag.retrieval.base import PatientRetriever, chunk_node
+from medalign_rag.retrieval.concepts import STOPWORDS, ConceptMatch, ConceptTable, concept_table
+from medalign_rag.retrieval.cues import parse_cues
+from medalign_rag.retrieval.hybrid import HybridRetriever
+from medalign_rag.retrieval.registry import register_retriever
+from medalign_rag.retrieval.temporal import TemporalRetriever, _stamp, time_arrays
+from medalign_rag.retrieval.time_cues import LATEST, TemporalCues
+from medalign_rag.retrieval.vocabulary import (
+    VISIT_WORDS,
+    Vocabulary,
+    kinds_named,
+    strip_kind_words,
+    vocabulary_for,
+)
+
+VISIT_WORD_MEANINGS = frozenset(VISIT_WORDS.values())
+ASKING_WORDS = frozenset(STOPWORDS)
+
+EventPosition = tuple[int, int]  # (chunk position, event position inside the chunk)
+
+MAX_CONCEPTS = 12  # matched concepts whose events become candidates, best first
+STRONG_MATCH = 0.5  # a concept match at or above this fused score leads the ranking; weaker ones follow chunks
+MAX_RANKED_TOKENS = 131072  # events of ranked chunks are listed until their chunks hold this many tokens
+KIND_FALLBACK = 0.5  # a kind-level question ("any drug") names no concept: none covers half of its other words
+
+
+@register_retriever("events", needs_embedder=True)
+class EventsRetriever(PatientRetriever):
+    """Ranks events (`rank_events`); `rank` gives the chunks in the order of their best event, then the rest."""
+
+    strategy = "events"
+
+    def __init__(self, index: PatientIndex, embedder: Embedder, *, top_k: int = 10,
+                 time_anchor: datetime | None = None, vocabulary: Vocabulary | None = None,
+                 max_concepts: int = MAX_CONCEPTS, strong_match: float = STRONG_MATCH,
+                 kind_fallback: float = KIND_FALLBACK, dense_concepts: bool = True,
+                 max_ranked_tokens: int = MAX_RANKED_TOKENS) -> None:
+        super().__init__(index, top_k=top_k, time_anchor=time_anchor)
+        self.embedder = embedder
+        self.vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
+        self.text = _CueTemporal(index, HybridRetriever(index, embedder), time_anchor=time_anchor)
+        self.max_concepts = max_concepts
+        self.strong_match = strong_match
+        self.kind_fallback = kind_fallback
+        self.max_ranked_tokens = max_ranked_tokens
+        self.dense_concepts = dense_concepts
+        self.last_cues: TemporalCues | None = None
+        self.last_matches: list[ConceptMatch] = []
+
+    @classmethod
+    def create(cls, index, *, embedder: Embedder, time_anchor, gold_event_ids, top_k) -> "EventsRetriever":
+        return cls(index, embedder, top_k=top_k, time_anchor=time_anchor)
+
+    @property
+    def table(self) -> ConceptTable:
+        return concept_table(self.index, self.vocabulary)
+
+    # -- chunk view (llama-index, chunk metrics) ---------------------------------------------------------------
+    def scores(self, query: str) -> np.ndarray:
+        order = self.rank_events(query)
+        best = np.zeros(len(self.index.chunks), dtype=np.float64)
+        total = max(len(order), 1)
+        for rank, (position, _) in enumerate(order):
+            if best[position] == 0:
+                best[position] = 1.0 - rank / (total + 1)
+        return best
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        ranked = self.rank(query_bundle.query_str)[: self.top_k]
+        return [chunk_node(self.index.chunks[p], s) for p, s in ranked]
+
+    # -- event ranking ------------------------------------------------------------------------------------------
+    def rank_events(self, query: str) -> list[EventPosition]:
+        """Every event not after the time anchor, best first."""
+        table = self.table
+        cues = self.last_cues = parse_cues(query, self.time_anchor)
+        visible = np.ones(len(table.event_time), dtype=bool)
+        if self.time_anchor is not None:
+            visible = table.event_time <= _stamp(self.time_anchor)
+
+        matches = self.last_matches = self._concepts(query, cues, table)
+        in_period = self._period_mask(cues, table)
+
+        # Strong concepts lead: their events in the question's direction across concepts (the latest potassium of
+        # any potassium concept first; the first drug of any drug), weaker matches after them.
+        strong: list[int] = []
+        weak: list[int] = []
+        for match in matches:
+            events = table.concepts[match.concept].events
+            events = events[visible[events]]
+            if in_period is not None:
+                events = events[in_period[events]]  # outside the period: reached through text retrieval only
+            (strong if match.score >= self.strong_match else weak).extend(int(e) for e in events)
+        newest_first = cues.direction != "first"
+        head = _by_time(table, strong, newest_first) + _by_time(table, weak, newest_first)
+
+        ranked_chunks = [p for p, _ in self.text.rank(query)]
+        order: list[EventPosition] = []
+        seen: set[EventPosition] = set()
+
+        def push(position: int, offset: int) -> None:
+            key = (position, offset)
+            if key not in seen:
+                seen.add(key)
+                order.append(key)
+
+        for flat in head:
+            push(int(table.event_chunk[flat]), int(table.event_offset[flat]))
+        anchor = self.time_anchor
+        ranked_tokens = 0
+        for position in ranked_chunks:
+            chunk = self.index.chunks[position]
+            for offset, event in enumerate(chunk.events):
+                if anchor is None or event.timestamp <= anchor:
+                    push(position, offset)
+            ranked_tokens += chunk.token_count
+            if ranked_tokens > self.max_ranked_tokens:
+                break  # more than any context holds: the rest of a long record would only cost time
+        return order
+
+    def _concepts(self, query: str, cues: TemporalCues, table: ConceptTable) -> list[ConceptMatch]:
+        """Concepts the question asks about. A question that names only a kind of fact ("the first drug
+        prescribed", "any procedure", "hospital visits") asks about every concept of that kind."""
+        # visit words are time cues, not what the question asks about
+        expansions = [e for e in self.vocabulary.meanings_in(query, visits=False, asking_words=ASKING_WORDS)
+                      if e not in VISIT_WORD_MEANINGS]
+        embedder = self.embedder if self.dense_concepts else None
+        kinds = kinds_named(f"{cues.content_query} {' '.join(expansions)}")
+        if kinds:
+            specific = table.match(strip_kind_words(cues.content_query), embedder=embedder, limit=self.max_concepts,
+                                   expansions=[strip_kind_words(e) for e in expansions])
+            if not specific or specific[0].coverage < self.kind_fallback:
+                return [ConceptMatch(n, 1.0, 1.0, 0.0) for n, c in enumerate(table.concepts) if c.kind in kinds]
+        return table.match(cues.content_query, expansions=expansions, embedder=embedder, limit=self.max_concepts)
+
+    def _period_mask(self, cues: TemporalCues, table: ConceptTable) -> np.ndarray | None:
+        """Events inside any of the question's windows or visits; None when the question names no period."""
+        spans = [(w.start, w.end) for w in cues.windows]
+        arrays = time_arrays(self.index)
+        for visit in cues.visits:
+            known = [s for s in arrays.visits.get(visit.kind, []) if self.time_anchor is None
+                     or s[0] <= self.time_anchor]
+            if known:
+                start, end = known[0] if visit.ordinal == "first" else known[-1]
+                spans.append((start, end + timedelta(seconds=1)))
+        if not spans:
+            return None
+        mask = np.zeros(len(table.event_time), dtype=bool)
+        for start, end in spans:
+            mask |= (table.event_time >= _stamp(start)) & (table.event_time < _stamp(min(end, LATEST)))
+        return mask
+
+
+class _CueTemporal(TemporalRetriever):
+    """`temporal`'s chunk ranking, reading the cues the way `events` does (shorthand and dateparser too)."""
+
+    def cues(self, query: str) -> TemporalCues:
+        return parse_cues(query, self.time_anchor)
+
+
+def _by_time(table: ConceptTable, flat_events: list[int], newest_first: bool) -> list[int]:
+    if not flat_events:
+        return []
+    events = np.unique(np.asarray(flat_events, dtype=np.int64))
+    order = np.argsort(table.event_time[events], kind="stable")
+    if newest_first:
+        order = order[::-1]
+    return [int(e) for e in events[order]]
