@@ -1,0 +1,73 @@
+"""Faster encoder paths are only usable when they reproduce the fp32 embeddings on every window."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from medalign_rag.chunking import chunk_record
+from medalign_rag.errors import MedalignError
+from medalign_rag.index.embedding import Embedder, load_sentence_model
+from medalign_rag.index.encoders import EncoderSpec, load_encoder
+from medalign_rag.tokenization import default_counter
+from tests.factories import make_record
+
+VALIDATION_COSINE = 0.999
+
+
+@pytest.fixture(scope="module")
+def cohort_windows() -> list[str]:
+    embedder = Embedder()
+    counter = default_counter()
+    windows = []
+    for seed in range(3):
+        # long notes too, so some windows are cut from one long line and run to the encoder's 256 tokens
+        record = make_record(seed, n_encounters=4, max_events=25, note_words=400, patient_id=f"pt-{seed}")
+        for chunk in chunk_record(record, counter):
+            windows.extend(embedder.chunk_windows(chunk))
+    return windows
+
+
+@pytest.fixture(scope="module")
+def fp32_reference(cohort_windows) -> np.ndarray:
+    return load_sentence_model("all-MiniLM-L6-v2").encode(cohort_windows, batch_size=64, normalize_embeddings=True,
+                                                           convert_to_numpy=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend,dtype", [("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"),
+                                           ("openvino", "fp32"), ("openvino", "bf16")])
+def test_every_window_of_a_small_cohort_keeps_its_fp32_direction(backend, dtype, cohort_windows, fp32_reference):
+    module = {"onnx": "onnxruntime", "openvino": "openvino"}.get(backend)
+    if module and importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (extra: fast)")
+    encoder = load_encoder("all-MiniLM-L6-v2", backend, dtype)
+    assert encoder.spec == EncoderSpec(backend, dtype)
+    vectors = encoder.encode(cohort_windows, batch_size=16)
+    assert vectors.shape == fp32_reference.shape and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    cosine = (vectors * fp32_reference).sum(axis=1)
+    worst = int(cosine.argmin())
+    assert cosine.min() >= VALIDATION_COSINE, f"window {worst} drifts: cosine {cosine.min():.5f}"
+    if dtype == "fp32":
+        assert cosine.min() >= 0.99999
+
+
+@pytest.mark.slow
+def test_the_length_sorted_stream_returns_vectors_in_input_order(cohort_windows):
+    encoder = load_encoder("all-MiniLM-L6-v2", "torch", "fp32")
+    texts = cohort_windows[:40]
+    lengths = encoder.token_lengths(texts)
+    assert len(set(lengths)) > 5  # a real mix of lengths, so sorting actually reorders them
+    together = encoder.encode(texts, batch_size=8)
+    one_by_one = np.stack([encoder.encode([text])[0] for text in texts])
+    assert np.abs(together - one_by_one).max() < 1e-5
+    assert encoder.encode([], batch_size=8).shape == (0, encoder.dimension)
+
+
+def test_unknown_backend_or_dtype_is_one_clear_error():
+    with pytest.raises(MedalignError, match="unknown encoder backend 'tensorrt'"):
+        EncoderSpec("tensorrt", "fp32")
+    with pytest.raises(MedalignError, match="unknown encoder dtype 'fp8'"):
+        EncoderSpec.parse("torch-fp8")
+    assert EncoderSpec.parse("openvino-bf16") == EncoderSpec("openvino", "bf16")
