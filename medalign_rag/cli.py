@@ -201,13 +201,29 @@ def index(
     force: bool = typer.Option(False, "--force", help="Rebuild even unchanged patients."),
     embedding_model: Optional[str] = typer.Option(None, "--embedding-model", help="sentence-transformers name or path."),
     as_json: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster or Ray here)."),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (auto, ray://host:10001)."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", min=1, help="ray: encoder actors (default: one per CPU)."),
+    num_gpus_per_worker: float = typer.Option(0.0, "--num-gpus-per-worker", min=0.0, help="ray: GPUs per actor."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="torch-fp32, torch-bf16, onnx-fp32, openvino-fp32, openvino-bf16."),
 ) -> None:
     """Build one FAISS index per patient; unchanged patients are skipped."""
-    from medalign_rag.index.builder import IndexBuilder
+    from pydantic import ValidationError
+
+    from medalign_rag.index.builder import IndexBuilder, IndexSettings, RaySettings
 
     folder = open_data(data, data_format)
     patient_ids = _check_patients(folder, list(patient)) if patient else folder.patient_ids()
-    builder = IndexBuilder(_index_settings(index_dir, embedding_model))
+    base = _index_settings(index_dir, embedding_model)
+    try:
+        settings = IndexSettings.model_validate({
+            **base.model_dump(), "engine": engine, "encoder": encoder or base.encoder,
+            "ray": RaySettings(address=address, num_workers=num_workers, num_gpus_per_worker=num_gpus_per_worker),
+        })
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise MedalignError(f"index option {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+    builder = IndexBuilder(settings)
     with progress_bar() as progress:
         task = progress.add_task("indexing", total=len(patient_ids))
 

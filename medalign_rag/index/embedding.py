@@ -73,7 +73,7 @@ class Embedder:
 
     def __init__(self, model_name: str = DEFAULT_EMBEDDING_MODEL, windows: WindowSettings | None = None,
                  batch_size: int = 64, *, encoder: EncoderSpec | str | None = None,
-                 cache: EmbeddingCache | None = None) -> None:
+                 cache: EmbeddingCache | None = None, device: str = "cpu") -> None:
         from medalign_rag.index.encoders import load_encoder
 
         self.model_name = model_name
@@ -82,7 +82,7 @@ class Embedder:
         self.batch_size = batch_size
         self.tokenizer = self.model.tokenizer
         spec = EncoderSpec.parse(encoder) if isinstance(encoder, str) else (encoder or EncoderSpec())
-        self.encoder = load_encoder(model_name, spec.backend, spec.dtype)
+        self.encoder = load_encoder(model_name, spec.backend, spec.dtype, device)
         self.cache = cache
         limit = int(getattr(self.model, "max_seq_length", 256) or 256)
         self.window_tokens = min(self.windows.window_tokens, limit) - 2  # [CLS] and [SEP]

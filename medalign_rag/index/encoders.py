@@ -28,6 +28,7 @@ BACKENDS: tuple[str, ...] = ("torch", "onnx", "openvino")
 DTYPES: tuple[str, ...] = ("fp32", "bf16")
 ENCODER_CACHE = Path(os.environ.get("MEDALIGN_RAG_CACHE", Path.home() / ".cache" / "medalign-rag")) / "encoders"
 ONNX_OPSET = 17
+DEFAULT_ENCODER = "torch-fp32"  # the reference every faster path is validated against
 
 
 @dataclass(frozen=True)
@@ -112,21 +113,27 @@ class WindowEncoder:
 class TorchEncoder(WindowEncoder):
     """The sentence-transformers model itself; bf16 through CPU autocast (oneDNN's AMX / AVX512-BF16 kernels)."""
 
-    def __init__(self, sentence_model, spec: EncoderSpec) -> None:
+    def __init__(self, sentence_model, spec: EncoderSpec, device: str = "cpu") -> None:
         super().__init__(sentence_model, spec)
+        import copy
+
         import torch
 
         self._torch = torch
-        self.transformer = sentence_model[0].auto_model
-        self.transformer.eval()
+        self.device = device
+        transformer = sentence_model[0].auto_model
+        # A GPU worker gets its own copy: the cached CPU model stays where other callers expect it.
+        self.transformer = (copy.deepcopy(transformer).to(device) if device != "cpu" else transformer).eval()
 
     def _run(self, input_ids, attention, token_types):
         torch = self._torch
-        mask = torch.from_numpy(attention)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.spec.dtype == "bf16"):
-            hidden = self.transformer(input_ids=torch.from_numpy(input_ids), attention_mask=mask,
-                                      token_type_ids=torch.from_numpy(token_types)).last_hidden_state
-        return _mean_pool_normalise(hidden.float().numpy(), attention)
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16,
+                                                    enabled=self.spec.dtype == "bf16"):
+            hidden = self.transformer(input_ids=torch.from_numpy(input_ids).to(self.device),
+                                      attention_mask=torch.from_numpy(attention).to(self.device),
+                                      token_type_ids=torch.from_numpy(token_types).to(self.device)).last_hidden_state
+        return _mean_pool_normalise(hidden.float().cpu().numpy(), attention)
 
 
 def _mean_pool_normalise(hidden: np.ndarray, attention: np.ndarray) -> np.ndarray:
@@ -253,7 +260,7 @@ class OpenVinoEncoder(WindowEncoder):
 
 
 @lru_cache(maxsize=4)
-def load_encoder(model_name: str, backend: str = "torch", dtype: str = "fp32") -> WindowEncoder:
+def load_encoder(model_name: str, backend: str = "torch", dtype: str = "fp32", device: str = "cpu") -> WindowEncoder:
     """One encoder per (model, backend, dtype) per process: sessions are expensive, calls are thread-compatible."""
     from medalign_rag.index.embedding import load_sentence_model, resolve_model_path
 
@@ -261,7 +268,9 @@ def load_encoder(model_name: str, backend: str = "torch", dtype: str = "fp32") -
     sentence_model = load_sentence_model(model_name)
     model_dir = Path(resolve_model_path(model_name))
     if spec.backend == "torch":
-        return TorchEncoder(sentence_model, spec)
+        return TorchEncoder(sentence_model, spec, device)
+    if device != "cpu":
+        raise MedalignError(f"the {backend} backend runs on the CPU here: use the torch encoder on {device}")
     if not model_dir.is_dir():
         raise MedalignError(f"the {backend} backend needs a local model folder, not {model_name!r}")
     if spec.backend == "onnx":
