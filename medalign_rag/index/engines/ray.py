@@ -128,6 +128,7 @@ class RayEngine:
                 results[result.patient_id] = result
                 if on_patient:
                     on_patient(result)
+        cleanup_stale_builds(builder.settings.index_dir)  # staging folders of a worker killed mid-write
         ordered = [results[p] for p in ids if p in results]
         if not keep_going:
             failed = next((r for r in ordered if r.status == "failed"), None)
