@@ -107,12 +107,13 @@ def test_killing_a_build_leaves_every_index_loadable(tmp_path):
     def finished() -> set[str]:  # pathlib's "*" also matches the ".<id>.build-*" staging folders: not indexes
         return {p.parent.name for p in index_dir.glob("*/manifest.json") if not p.parent.name.startswith(".")}
 
-    while time.time() < deadline and len(finished()) < 2:
-        time.sleep(0.05)
+    # Patients are committed one by one after their group is encoded: kill as soon as the first one lands.
+    while time.time() < deadline and len(finished()) < 1:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     built_before = finished()
-    assert 2 <= len(built_before) < 8, "the kill must land mid-build"
+    assert 1 <= len(built_before) < 8, "the kill must land mid-build"
     for patient_id in built_before:
         load_index(index_dir, patient_id)
 
@@ -139,3 +140,68 @@ def test_two_processes_building_the_same_patients_do_not_corrupt_them(tmp_path):
     for patient_id in ("pt-00", "pt-01", "pt-02"):
         index = load_index(index_dir, patient_id)
         assert index.vectors.ntotal == index.manifest.n_windows
+
+
+def _window_texts(builder: IndexBuilder, data, patient_id: str) -> list[str]:
+    chunks = chunk_record(data.load_record(patient_id), builder.counter, builder.settings.chunking)
+    return [w for chunk in chunks for w in builder.embedder.chunk_windows(chunk)]
+
+
+def _vectors(index) -> np.ndarray:
+    return index.vectors.reconstruct_n(0, index.vectors.ntotal)
+
+
+def test_a_record_that_gains_an_encounter_re_embeds_only_its_new_windows(tmp_path):
+    record_path = tmp_path / "data" / "ehrs" / "pt-00.xml"
+    write_release_xml(make_record(7, n_encounters=8, max_events=30, note_words=80, patient_id="pt-00"), record_path)
+    data = open_data_folder(tmp_path / "data")
+    # fp32 so the cached and fresh vectors can be compared to 1e-5 (bf16 results move ~1e-3 with batch padding)
+    builder = IndexBuilder(IndexSettings(index_dir=tmp_path / "idx", encoder="torch-fp32"))
+    builder.build(data)
+    old_windows = _window_texts(builder, data, "pt-00")
+    cache = builder.embedder.cache
+    assert cache is not None and cache.misses == len(set(old_windows))
+
+    # the same seed with one more encounter: the first eight are identical, the ninth is new
+    write_release_xml(make_record(7, n_encounters=9, max_events=30, note_words=80, patient_id="pt-00"), record_path)
+    new_windows = _window_texts(builder, data, "pt-00")
+    unseen = set(new_windows) - set(old_windows)
+    assert 0 < len(unseen) < len(set(new_windows)) / 2
+    misses_before = cache.misses
+    assert builder.build(data).results[0].status == "rebuilt"
+    assert cache.misses - misses_before == len(unseen)
+
+    index = load_index(tmp_path / "idx", "pt-00")
+    assert index.vectors.ntotal == len(new_windows)
+    fresh = IndexBuilder(IndexSettings(index_dir=tmp_path / "fresh", embedding_cache=False, encoder="torch-fp32"))
+    fresh.build(data)
+    assert np.abs(_vectors(index) - _vectors(load_index(tmp_path / "fresh", "pt-00"))).max() < 1e-5
+
+
+def test_a_changed_chunking_re_embeds_only_windows_whose_text_changed(tmp_path):
+    write_cohort(tmp_path / "data", 2, n_encounters=6, seed=60)
+    data = open_data_folder(tmp_path / "data")
+    first = IndexBuilder(IndexSettings(index_dir=tmp_path / "idx"))
+    first.build(data)
+    smaller = IndexBuilder(IndexSettings(index_dir=tmp_path / "idx", chunking={"max_tokens": 128}))
+    assert [r.status for r in smaller.build(data).results] == ["rebuilt", "rebuilt"]
+    old = {w for pid in data.patient_ids() for w in _window_texts(first, data, pid)}
+    new = {w for pid in data.patient_ids() for w in _window_texts(smaller, data, pid)}
+    assert smaller.embedder.cache.misses == len(new - old) < len(new)
+    assert smaller.embedder.cache.hits > 0
+
+
+def test_switching_the_encoder_rebuilds_instead_of_mixing_vectors(tmp_path):
+    write_cohort(tmp_path / "data", 1, n_encounters=3, seed=70)
+    data = open_data_folder(tmp_path / "data")
+    reference = IndexBuilder(IndexSettings(index_dir=tmp_path / "idx", encoder="torch-fp32"))
+    reference.build(data)
+    assert load_index(tmp_path / "idx", "pt-00").manifest.embedding_model == "all-MiniLM-L6-v2"
+    faster = IndexBuilder(IndexSettings(index_dir=tmp_path / "idx", encoder="torch-bf16"))
+    assert not faster.is_current(data, "pt-00")
+    assert faster.build(data).results[0].status == "rebuilt"
+    manifest = load_index(tmp_path / "idx", "pt-00").manifest
+    assert manifest.embedding_model == "all-MiniLM-L6-v2@torch-bf16"
+    assert not reference.is_current(data, "pt-00")
+    # the cache keeps the two encoders apart: the bf16 build encoded every window itself
+    assert faster.embedder.cache.hits == 0 and faster.embedder.cache.misses > 0

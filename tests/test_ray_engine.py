@@ -31,14 +31,16 @@ def vectors_of(index) -> np.ndarray:
 
 
 def ray_settings(index_dir, **ray_options) -> IndexSettings:
-    return IndexSettings(index_dir=index_dir, engine="ray", embedding_cache=False,
+    # fp32 on both engines: equal to 1e-5 (bf16 vectors move ~1e-3 with how windows are batched)
+    return IndexSettings(index_dir=index_dir, engine="ray", embedding_cache=False, encoder="torch-fp32",
                          ray=RaySettings(**{"num_workers": 2, "patients_per_task": 1, **ray_options}))
 
 
 def test_ray_builds_the_same_indexes_as_the_local_engine_and_skips_them_on_a_rerun(tmp_path, local_ray):
     write_cohort(tmp_path / "data", 3, n_encounters=3)
     data = open_data_folder(tmp_path / "data")
-    local = IndexBuilder(IndexSettings(index_dir=tmp_path / "local", embedding_cache=False)).build(data)
+    local = IndexBuilder(IndexSettings(index_dir=tmp_path / "local", embedding_cache=False,
+                                       encoder="torch-fp32")).build(data)
     assert [r.status for r in local.results] == ["built"] * 3
 
     builder = IndexBuilder(ray_settings(tmp_path / "ray"))

@@ -12,7 +12,7 @@ from medalign_rag.errors import MedalignError
 from medalign_rag.records.sources import RecordSource
 from medalign_rag.index.cache import CACHE_DIRNAME, CACHE_FILENAME, DEFAULT_MAX_BYTES, EmbeddingCache
 from medalign_rag.index.embedding import DEFAULT_EMBEDDING_MODEL, Embedder, WindowSettings
-from medalign_rag.index.encoders import DEFAULT_ENCODER, EncoderSpec
+from medalign_rag.index.encoders import DEFAULT_ENCODER, REFERENCE_ENCODER, resolve_encoder
 from medalign_rag.index.engines import ENGINE_NAMES, make_engine
 from medalign_rag.index.store import IndexManifest, read_manifest
 from medalign_rag.tokenization import TokenCounter, default_counter
@@ -38,9 +38,10 @@ class IndexSettings(BaseModel):
     window_tokens: int = Field(256, ge=8)
     overlap_tokens: int = Field(32, ge=0)
     batch_size: int = Field(64, ge=1)
-    # "<backend>-<dtype>": torch-fp32, torch-bf16, onnx-fp32, openvino-fp32, openvino-bf16 (index/encoders.py).
-    # Part of every index's build key: switching the encoder rebuilds instead of mixing vectors.
-    encoder: str = DEFAULT_ENCODER
+    # "<backend>-<dtype>": torch-fp32, torch-bf16, onnx-fp32, openvino-fp32, openvino-bf16 (index/encoders.py), or
+    # "auto" (resolved here to the fastest validated one installed). Part of every index's build key: switching the
+    # encoder rebuilds instead of mixing vectors.
+    encoder: str = Field(DEFAULT_ENCODER, validate_default=True)
     # Window vectors by (model, encoder, text hash), so rebuilds re-embed only windows never seen before.
     embedding_cache: bool = True
     embedding_cache_dir: Path | None = None  # default: <index_dir>/.embedding-cache (use a local disk on clusters)
@@ -59,7 +60,7 @@ class IndexSettings(BaseModel):
     @classmethod
     def _known_encoder(cls, value: str) -> str:
         try:
-            return EncoderSpec.parse(value).label
+            return resolve_encoder(value)
         except MedalignError as exc:
             raise ValueError(str(exc)) from exc
 
@@ -123,7 +124,7 @@ class IndexBuilder:
     def manifest_embedding_model(self) -> str:
         """The model as the manifest records it: the encoder is appended unless it is the reference torch-fp32,
         so indexes built before encoders were selectable stay valid and any other encoder forces a rebuild."""
-        if self.settings.encoder == DEFAULT_ENCODER:
+        if self.settings.encoder == REFERENCE_ENCODER:
             return self.settings.embedding_model
         return f"{self.settings.embedding_model}@{self.settings.encoder}"
 

