@@ -157,34 +157,63 @@ class PhaseTimer:
 # ------------------------------------------------------------------------------------------------ workers
 
 
-def worker_ours(cohort: Path, index_dir: Path) -> dict:
-    import medalign_rag.index.builder as builder_module
+VARIANTS = {
+    # name: (IndexSettings overrides, local engine group size or None for the settings' engine)
+    "ours": ({}, None),
+    # how a build ran before issue 14: reference encoder, one encode call per patient, no embedding cache
+    "ours-before": ({"encoder": "torch-fp32", "embedding_cache": False}, 1),
+    # the Ray engine on this machine (Ray in local mode, 2 actors of 1 CPU each), cache off like a first build
+    "ray": ({"engine": "ray", "ray": {"num_workers": 2, "patients_per_task": 2}, "embedding_cache": False}, None),
+}
+
+
+VARIANT_LABELS = {
+    "ours-before": "medalign-rag before issue 14 (torch-fp32, one encode call per patient, no cache)",
+    "ray": "medalign-rag `--engine ray` on this machine (2 actors x 1 CPU)",
+}
+
+
+def worker_ours(cohort: Path, index_dir: Path, variant: str = "ours") -> dict:
+    import medalign_rag.index.engines.local as local_module
     from medalign_rag.index.builder import IndexBuilder, IndexSettings
     from medalign_rag.index.embedding import Embedder
+    from medalign_rag.index.engines.local import LocalEngine
     from medalign_rag.records.dataset import DataFolder, open_data_folder
 
+    overrides, group_windows = VARIANTS[variant]
     data = open_data_folder(cohort)
-    builder = IndexBuilder(IndexSettings(index_dir=index_dir))
-    builder.embedder.embed_texts(["warm-up"])  # model load + first-call overhead outside the clock
+    settings = IndexSettings.model_validate({"index_dir": index_dir, **overrides})
+    builder = IndexBuilder(settings)
+    if settings.engine == "ray":
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    else:
+        builder.embedder.encode_uncached(["warm-up"])  # model load + first-call overhead outside the clock
     rss_model = current_rss_mib()
 
     phases = PhaseTimer()
-    builder_module.chunk_record = phases.wrap("chunk_record", builder_module.chunk_record)
-    builder_module.save_index = phases.wrap("save_index", builder_module.save_index)
-    builder_module.file_sha256 = phases.wrap("sha256 source", builder_module.file_sha256)
+    local_module.chunk_record = phases.wrap("chunk_record", local_module.chunk_record)
+    local_module.save_index = phases.wrap("save_index", local_module.save_index)
+    DataFolder.fingerprint = phases.wrap("sha256 source", DataFolder.fingerprint)
     DataFolder.load_record = phases.wrap("read record XML", DataFolder.load_record)
     Embedder.chunk_windows = phases.wrap("chunk_windows", Embedder.chunk_windows)
     Embedder.embed_texts = phases.wrap("encode windows", Embedder.embed_texts)
 
+    if group_windows is not None:
+        builder.build = LocalEngine(builder, group_windows=group_windows).build
     first = builder.build(data)
     rss_first = peak_rss_mib()
     second = builder.build(data)
     # A fresh builder as a new `index` command would make (no model loaded: skipping never needs one)
-    third = IndexBuilder(IndexSettings(index_dir=index_dir)).build(data)
+    third = IndexBuilder(settings).build(data)
     failed = [r.patient_id for r in first.results if r.status == "failed"]
     if failed:
-        raise SystemExit(f"ours: build failed for {failed}")
+        raise SystemExit(f"{variant}: build failed for {failed}")
     return {
+        "variant": variant,
+        "encoder": settings.encoder,
+        "engine": settings.engine,
         "seconds": first.seconds,
         "chunks": sum(r.chunks for r in first.results),
         "windows": sum(r.windows for r in first.results),
@@ -431,6 +460,13 @@ def render_section(args: argparse.Namespace, info: dict, ours: dict, llama: dict
         f"| llama-index VectorStoreIndex + FaissVectorStore + persist | {llama['chunks']} | {llama['seconds']:.1f} | "
         f"{llama_rate:.2f} | {pads['llama_index_real_tokens_truncated_at_256']:,} | {llama_tok:,.0f} | "
         f"{llama['peak_rss_mib']:.0f} ({llama['rss_after_model_mib']:.0f}) |",
+        *[f"| {VARIANT_LABELS[kind]} | {v['chunks']} | {v['seconds']:.1f} | {v['chunks'] / v['seconds']:.2f} | "
+          f"{pads['ours_real_tokens']:,} | {pads['ours_real_tokens'] / v['seconds']:,.0f} | {v['peak_rss_mib']:.0f} "
+          f"({v['rss_after_model_mib']:.0f}) |" for kind, v in ours.get("variants", {}).items()],
+        "",
+        f"Ours: encoder {ours.get('encoder', 'torch-fp32')}, local engine (several patients' windows in one "
+        f"length-sorted stream), embedding cache on (empty at the start of each round). Ray: model loading in its "
+        f"actors is inside the clock; peak RSS is the driver's.",
         "",
         f"Seconds are the mean over {len(ours['rounds_seconds'])} round(s) in alternating order: ours "
         f"{', '.join(f'{x:.1f}' for x in ours['rounds_seconds'])} s; llama-index "
@@ -508,15 +544,18 @@ def main() -> None:
     parser.add_argument("--from-json", type=Path, default=None,
                         help="re-render the section from a run's saved index-bench.json (no measuring)")
     # worker mode (internal)
-    parser.add_argument("--worker", choices=["ours", "llama", "prototype"], help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default="",
+                        help="extra builds timed in the same rounds, comma-separated: ours-before, ray")
+    parser.add_argument("--worker", choices=["ours", "ours-before", "ray", "llama", "prototype"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--cohort", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        if args.worker == "ours":
-            result = worker_ours(args.cohort, args.target)
+        if args.worker in VARIANTS:
+            result = worker_ours(args.cohort, args.target, args.worker)
         elif args.worker == "llama":
             result = worker_llama(args.cohort, args.target)
         else:
@@ -553,11 +592,16 @@ def main() -> None:
     print(f"[index-bench] {pads['chunks']} chunks, {pads['ours_windows']} windows", flush=True)
     # Rounds alternate the order (ours, llama / llama, ours / ...) so a load change on a shared machine
     # falls on both pipelines alike; each pipeline's figure is its mean over the rounds.
-    runs: dict[str, list[dict]] = {"ours": [], "llama": []}
+    extra = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in extra if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown --variants {unknown}; choose from {', '.join(VARIANTS)}")
+    kinds = ["ours", "llama", *extra]
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for round_number in range(args.rounds):
-        order = ("ours", "llama") if round_number % 2 == 0 else ("llama", "ours")
+        order = kinds if round_number % 2 == 0 else kinds[::-1]
         for kind in order:
-            target = work / ("ours-index" if kind == "ours" else "llama-index")
+            target = work / ("ours-index" if kind == "ours" else "llama-index" if kind == "llama" else f"{kind}-index")
             shutil.rmtree(target, ignore_errors=True)
             load_before = os.getloadavg()[0]
             print(f"[index-bench] round {round_number + 1}: {kind} (subprocess), load {load_before:.2f}", flush=True)
@@ -566,6 +610,7 @@ def main() -> None:
             runs[kind].append(result)
             print(f"[index-bench] round {round_number + 1}: {kind} {result['seconds']:.1f} s", flush=True)
     ours, llama = combine_rounds(runs["ours"]), combine_rounds(runs["llama"])
+    ours["variants"] = {kind: combine_rounds(runs[kind]) for kind in extra}
     cli_seconds = None if args.skip_cli else cli_second_run_seconds(cohort, work / "ours-index")
     proto = None
     if args.prototype:
