@@ -1,12 +1,12 @@
 """Encoder speed and fidelity: PyTorch fp32 / bf16, ONNX Runtime and OpenVINO, one cross-patient batch stream.
 
-    python benchmarks/encoder_bench.py                 # 12-patient synthetic cohort (seed 7), 768 sampled windows
+    python benchmarks/encoder_bench.py                 # 12-patient synthetic cohort (seed 7), >= 768 windows timed
     python benchmarks/encoder_bench.py --no-write      # print the section instead of replacing it in RESULTS.md
 
 What it measures, on the real windows our builder embeds (Embedder.chunk_windows over the chunks of each record):
 * padding: encoder tokens after padding, per-patient encode calls (today's builder: one sentence-transformers
   `encode` per patient, batch 64) vs one stream of all patients' windows sorted by token length (batch 64);
-* per variant, on the same sample of windows drawn evenly from every patient: seconds, real encoder tokens per
+* per variant, on the windows of the first patients (whole patients, >= --sample windows): seconds, real encoder tokens per
   second, and the cosine of each window's vector to today's (sentence-transformers fp32, per patient). A variant
   passes validation only when every window's cosine is >= 0.999.
 Rounds alternate the variants' order so load changes on a shared machine fall on all of them alike; each figure
@@ -90,10 +90,14 @@ def main() -> None:
     per_patient_padded = sum(padded_tokens(v, args.batch_size) for v in all_lengths.values())
     stream_padded = padded_tokens([n for v in all_lengths.values() for n in v], args.batch_size)
 
-    # An even sample from every patient, kept grouped by patient for the per-patient baseline.
+    # Whole patients, in id order, until the sample is full: per-patient batching is then exactly what the builder
+    # did before (each patient's own mix of short lab lines and long note windows).
     total = sum(len(v) for v in per_patient.values())
-    step = max(1, total // args.sample)
-    sample_by_patient = {pid: texts[::step] for pid, texts in per_patient.items()}
+    sample_by_patient: dict[str, list[str]] = {}
+    for pid, texts in per_patient.items():
+        if sum(len(v) for v in sample_by_patient.values()) >= args.sample:
+            break
+        sample_by_patient[pid] = texts
     sample = [t for texts in sample_by_patient.values() for t in texts]
     sample_tokens = sum(lengths_of(sample))
     sample_pp_padded = sum(padded_tokens(lengths_of(v), args.batch_size) for v in sample_by_patient.values() if v)
@@ -139,7 +143,7 @@ def main() -> None:
                      "valid": bool(cos.min() >= VALIDATION_COSINE)})
     result = {"info": info, "rows": rows, "windows": total, "real_tokens": real,
               "per_patient_padded": per_patient_padded, "stream_padded": stream_padded,
-              "sample_windows": len(sample), "sample_tokens": sample_tokens, "sample_pp_padded": sample_pp_padded,
+              "sample_windows": len(sample), "sample_patients": len(sample_by_patient), "sample_tokens": sample_tokens, "sample_pp_padded": sample_pp_padded,
               "sample_stream_padded": sample_stream_padded, "torch_threads": torch.get_num_threads(),
               "bf16_native": cpu_supports_bf16(), "patients": len(per_patient)}
     (work / "encoder-bench.json").write_text(json.dumps(result, indent=2))
@@ -160,7 +164,7 @@ def render(result: dict, args: argparse.Namespace) -> str:
              f"{args.batch_size}: per-patient encode calls {share(result['per_patient_padded'], result['real_tokens'])}"
              f" ({result['per_patient_padded']:,} tokens), one cross-patient length-sorted stream "
              f"{share(result['stream_padded'], result['real_tokens'])} ({result['stream_padded']:,}).", "",
-             f"Timed: {result['sample_windows']} windows drawn evenly from every patient ({result['sample_tokens']:,} "
+             f"Timed: {result['sample_windows']} windows of the first {result['sample_patients']} patients ({result['sample_tokens']:,} "
              f"real tokens; padding per patient {share(result['sample_pp_padded'], result['sample_tokens'])}, one "
              f"stream {share(result['sample_stream_padded'], result['sample_tokens'])}), torch threads "
              f"{result['torch_threads']}, CPU bf16 units (AVX512-BF16/AMX): {'yes' if result['bf16_native'] else 'no'}. "
