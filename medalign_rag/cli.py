@@ -217,7 +217,9 @@ def index(
     base = _index_settings(index_dir, embedding_model)
     try:
         settings = IndexSettings.model_validate({
-            **base.model_dump(), "engine": engine, "encoder": encoder or base.encoder,
+            # GPU workers run the reference torch encoder unless told otherwise (ONNX/OpenVINO run on CPUs here)
+            **base.model_dump(), "engine": engine,
+            "encoder": encoder or ("torch-fp32" if num_gpus_per_worker > 0 else base.encoder),
             "ray": RaySettings(address=address, num_workers=num_workers, num_gpus_per_worker=num_gpus_per_worker),
         })
     except ValidationError as exc:

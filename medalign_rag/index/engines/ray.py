@@ -62,6 +62,9 @@ class RayEngine:
             raise MedalignError(f"--num-workers must be at least 1, not {num_workers}")
         if num_gpus_per_worker < 0:
             raise MedalignError(f"--num-gpus-per-worker must not be negative, not {num_gpus_per_worker}")
+        if num_gpus_per_worker > 0 and not builder.settings.encoder.startswith("torch-"):
+            raise MedalignError(f"encoder {builder.settings.encoder} runs on CPUs only: GPU workers need "
+                                f"--encoder torch-fp32 (or torch-bf16)")
         self.builder = builder
         self.address = address
         self.num_workers = num_workers
