@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -269,10 +270,13 @@ class OpenVinoEncoder(WindowEncoder):
             "INFERENCE_NUM_THREADS": _threads(),
             "PERFORMANCE_HINT": "LATENCY",
         })
-        self.request = self.compiled.create_infer_request()
+        self._requests = threading.local()  # an infer request serves one call at a time: one per thread
 
     def _run(self, input_ids, attention, token_types):
-        result = self.request.infer({"input_ids": input_ids, "attention_mask": attention,
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        result = request.infer({"input_ids": input_ids, "attention_mask": attention,
                                      "token_type_ids": token_types})
         return np.asarray(next(iter(result.values())), dtype=np.float32).copy()
 
