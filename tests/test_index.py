@@ -171,11 +171,17 @@ def test_a_record_that_gains_an_encounter_re_embeds_only_its_new_windows(tmp_pat
     assert builder.build(data).results[0].status == "rebuilt"
     assert cache.misses - misses_before == len(unseen)
 
+    assert cache.hits == 0  # the unchanged encounters' vectors came straight from the previous index
+
+    # the incremental build is the build from scratch: same chunks (ids, ordinals, events), same vectors
     index = load_index(tmp_path / "idx", "pt-00")
     assert index.vectors.ntotal == len(new_windows)
     fresh = IndexBuilder(IndexSettings(index_dir=tmp_path / "fresh", embedding_cache=False, encoder="torch-fp32"))
     fresh.build(data)
-    assert np.abs(_vectors(index) - _vectors(load_index(tmp_path / "fresh", "pt-00"))).max() < 1e-5
+    scratch = load_index(tmp_path / "fresh", "pt-00")
+    assert [c.model_dump() for c in index.chunks] == [c.model_dump() for c in scratch.chunks]
+    assert np.array_equal(index.window_chunk, scratch.window_chunk)
+    assert np.abs(_vectors(index) - _vectors(scratch)).max() < 1e-5
 
 
 def test_a_changed_chunking_re_embeds_only_windows_whose_text_changed(tmp_path):
