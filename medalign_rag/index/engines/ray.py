@@ -121,7 +121,7 @@ class RayEngine:
                 fn_constructor_kwargs={"settings_json": builder.settings.model_dump_json(), "source": source,
                                        "force": force, "gpus": self.num_gpus_per_worker},
                 batch_size=self.patients_per_task,
-                concurrency=workers,
+                compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=self.num_cpus_per_worker,
                 num_gpus=self.num_gpus_per_worker or None,
                 batch_format="numpy",
