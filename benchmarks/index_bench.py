@@ -58,7 +58,7 @@ def _versions() -> str:
 
     names = ["medalign-rag", "torch", "sentence-transformers", "transformers", "faiss-cpu", "llama-index-core",
              "llama-index-vector-stores-faiss", "llama-index-embeddings-huggingface", "llama-index-retrievers-bm25",
-             "bm25s", "tiktoken"]
+             "bm25s", "tiktoken", "onnxruntime", "openvino", "ray"]
     found = []
     for name in names:
         try:
