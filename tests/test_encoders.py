@@ -56,7 +56,7 @@ def test_every_window_of_a_small_cohort_keeps_its_fp32_direction(backend, dtype,
 @pytest.mark.slow
 def test_the_length_sorted_stream_returns_vectors_in_input_order(cohort_windows):
     encoder = load_encoder("all-MiniLM-L6-v2", "torch", "fp32")
-    texts = cohort_windows[:40]
+    texts = cohort_windows[:16]
     lengths = encoder.token_lengths(texts)
     assert len(set(lengths)) > 5  # a real mix of lengths, so sorting actually reorders them
     together = encoder.encode(texts, batch_size=8)
