@@ -375,7 +375,8 @@ def main() -> None:
         label = f"{name} ({encoder_label})" if name == "ours embed_query" else name
         lines.append(f"| {label} | {q[0]:.1f} | {q[1]:.1f} |")
     lines += ["", f"**Re-index after one new encounter** (the record plus a copy of its last encounter a month later, "
-              f"same index folder, so the embedding cache holds every old window): {reindex['seconds']:.2f} s, "
+              f"same index folder: unchanged encounters keep their chunks and vectors from the previous index): "
+              f"{reindex['seconds']:.2f} s, "
               f"{reindex['encoded_windows']} of {reindex['windows']} windows encoded "
               f"(first build of this record: {ours_build_seconds:.1f} s)."]
     section = "\n".join(lines) + "\n"
