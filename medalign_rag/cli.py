@@ -79,8 +79,7 @@ class LineProgress:
 
     def add_task(self, description: str, total: float | None = None, **_ignored) -> int:
         task_id = len(self.tasks)
-        self.tasks[task_id] = {"description": description, "total": total, "completed": 0, "shown": -1}
-        self._write(task_id)
+        self.tasks[task_id] = {"description": description, "total": total, "completed": 0, "shown": 0}
         return task_id
 
     def advance(self, task_id: int, advance: float = 1) -> None:
