@@ -25,7 +25,6 @@ from medalign_rag.cli import app
 from medalign_rag.config import load_run_config
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.builder import IndexBuilder, IndexSettings
-from medalign_rag.pipeline import AnswerRequest, Pipeline
 from medalign_rag.records.dataset import open_data_folder
 from medalign_rag.records.instructions import read_instruction_table
 from medalign_rag.records.model import Demographics, Encounter, Event, EventKind, Instruction, PatientRecord
@@ -68,7 +67,9 @@ def index_dir(cohort) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(cohort, index_dir) -> Pipeline:
+def pipeline(cohort, index_dir):
+    from medalign_rag.pipeline import Pipeline
+
     return Pipeline(open_data_folder(cohort), IndexSettings(index_dir=index_dir))
 
 
@@ -119,6 +120,8 @@ def test_9_3_text_output_is_the_context_the_model_sees(cohort, index_dir):
 
 def test_9_6_the_prompt_quotes_the_record_as_data(pipeline):
     """Before: the prompt never said the record was data; a note's "ignore previous instructions" read as one."""
+    from medalign_rag.pipeline import AnswerRequest
+
     prepared = pipeline.prepare(AnswerRequest(patient_id="rb-1", question="What was the most recent lab result?",
                                               strategy="full", budget=8192))
     prompt = prepared.prompt
@@ -170,6 +173,8 @@ def test_9_7_xml_with_offsets_and_cli_anchor_with_offset_agree(cohort, index_dir
 
 def test_9_7_tsv_time_anchor_with_offset(cohort, pipeline, tmp_path):
     """Before: a TSV anchor "+00:00" stayed aware and crashed the retrievers' comparisons with event times."""
+    from medalign_rag.pipeline import AnswerRequest
+
     table = tmp_path / "clinician-instruction-responses.tsv"
     table.write_text("instruction_id\tquestion\tperson_id\ttime_anchor\n"
                      "a\tMost recent hemoglobin A1c?\ttz-1\t2019-03-04T09:00:00+00:00\n")
