@@ -17,6 +17,7 @@ from rich.table import Table
 
 from medalign_rag.errors import MedalignError
 
+
 def _plain_flag_help(command, parent=None):
     """Show on/off flags as bare flags in help (typer's rich help labels them `<bool>`, as if they took a value).
 
@@ -60,9 +61,10 @@ stdout = Console()
 class LineProgress:
     """Progress for a stderr that is not a terminal (a log file, CI, a pipe): plain lines instead of a bar.
 
-    Same calls as rich's Progress (add_task, advance, update, a context manager). A line is written when a task
-    starts, when its description changes (the index build names each patient), at every step of a short task
-    and at every 5% of a long one, and when it completes, so a long run shows it is alive without flooding the log.
+    Same calls as rich's Progress (add_task, advance, update, a context manager). A line is written when a task's
+    description changes (the index build names each patient), at every step of a short task and at every 5% of a
+    long one, and when it completes, so a long run shows it is alive without flooding the log. Nothing is written
+    before the first step, so a command that fails at once prints its one error line alone.
     """
 
     LINE_EVERY_STEP_UP_TO = 100
