@@ -635,7 +635,8 @@ def main() -> None:
     except MedalignError as exc:
         if os.environ.get("MEDALIGN_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # one line, whatever a library put in the message it wraps (transformers' errors span several)
+        console.print(f"[red]error:[/red] {_one_line(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
     except (KeyboardInterrupt, *aborts):
         console.print(interrupted, highlight=False)
