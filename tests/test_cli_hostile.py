@@ -18,6 +18,8 @@ import pytest
 
 from medalign_rag.datasets.synthetic import generate_cohort
 
+pytestmark = pytest.mark.slow  # a process start per case
+
 ENV = {key: value for key, value in os.environ.items() if key not in ("MEDALIGN_DEBUG", "MEDALIGN_PROGRESS")}
 
 
@@ -33,8 +35,6 @@ def workspace(tmp_path_factory) -> Path:
     configs = {
         "bad_yaml.yaml": "name: x\ndata: [unclosed\n",
         "escape_name.yaml": "name: ../../escaped\ndata: cohort\n",
-        "no_budgets.yaml": "name: x\ndata: cohort\nbudgets: []\n",
-        "unknown_strategy.yaml": "name: x\ndata: cohort\nstrategies: [bm25, telepathy]\n",
         "windows.yaml": "name: x\ndata: cohort\nindex: {window_tokens: 32, overlap_tokens: 32}\n",
         "missing_data.yaml": "name: x\ndata: nowhere\n",
         "valid.yaml": "name: valid\ndata: cohort\nstrategies: [recency]\nbudgets: [1024]\n",
@@ -58,7 +58,6 @@ HOSTILE: dict[str, tuple[str, ...]] = {
     "inspect malformed xml": ("inspect", "--data", "bad_xml"),
     "inspect path-like patient": ("inspect", "--data", "cohort", "--patient", "../../etc/passwd"),
     "index empty folder": ("index", "--data", "empty"),
-    "index unknown patient": ("index", "--data", "cohort", "--patient", "synth-9999"),
     "ask unknown strategy": (*ASK, "q", "--strategy", "telepathy", "--backend", "none"),
     "ask zero budget": (*ASK, "q", "--budget", "0", "--backend", "none"),
     "ask empty question": (*ASK, "", "--backend", "none"),
@@ -70,8 +69,6 @@ HOSTILE: dict[str, tuple[str, ...]] = {
     "ask plain http elsewhere": (*ASK, "q", "--config", "bad_backend.yaml"),
     "bench missing config": ("bench", "--config", "missing.yaml"),
     "bench name escapes runs/": ("bench", "--config", "escape_name.yaml"),
-    "bench no budgets": ("bench", "--config", "no_budgets.yaml"),
-    "bench unknown strategy": ("bench", "--config", "unknown_strategy.yaml"),
     "bench windows do not advance": ("bench", "--config", "windows.yaml"),
     "bench max instructions zero": ("bench", "--config", "valid.yaml", "--max-instructions", "0"),
     "bench missing data": ("bench", "--config", "missing_data.yaml", "--out", "runs/missing"),

@@ -21,6 +21,8 @@ import pytest
 from tests import robust_data
 from tests.http_recorder import start_recorder
 
+pytestmark = pytest.mark.slow  # loads the embedding model and SmolLM2 in several processes
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
