@@ -61,7 +61,7 @@ def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("egress")
     robust_data.write_folder(root / "data", robust_data.small_records(2))
     (root / "none.yaml").write_text("name: egress-none\ndata: data\nindex: {index_dir: idx}\n"
-                                    "strategies: [recency, dense, temporal]\nbudgets: [1024]\nbackend: none\n"
+                                    "strategies: [recency, bm25]\nbudgets: [1024]\nbackend: none\n"
                                     "bootstrap_resamples: 20\n")
     (root / "local.yaml").write_text("name: egress-local\ndata: data\nindex: {index_dir: idx}\n"
                                      "strategies: [recency]\nbudgets: [1024]\nbackend: local\nmax_instructions: 1\n"
