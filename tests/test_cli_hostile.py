@@ -79,13 +79,6 @@ HOSTILE: dict[str, tuple[str, ...]] = {
                                        "--src", "nowhere"),
     "unknown command": ("telepathy",),
 }
-# Known open, in files other sessions own; strict, so the marker must go when the fix lands.
-OPEN = {
-    "convert fhir undecodable tasks": "datasets/fhir_agentbench.py read_tasks: `start` is unbound when the header "
-                                      "line cannot be decoded (UnboundLocalError traceback)",
-}
-
-
 def run_cli(args: tuple[str, ...], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "medalign_rag.cli", *args], capture_output=True, text=True,
                           env=ENV, cwd=cwd, timeout=300)
@@ -98,9 +91,7 @@ def outcomes(workspace) -> dict[str, subprocess.CompletedProcess]:
         return {name: future.result() for name, future in futures.items()}
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(name, marks=pytest.mark.xfail(reason=OPEN[name], strict=True)) if name in OPEN else name
-             for name in HOSTILE])
+@pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_arguments_fail_with_one_line(case, outcomes):
     result = outcomes[case]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -110,10 +101,9 @@ def test_hostile_arguments_fail_with_one_line(case, outcomes):
     assert lines[0].startswith("error:"), lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9.12, evaluation/ablation.py (not this session's file): run_ablation "
-                                       "writes config.yaml before the data and prompt are checked")
 def test_no_hostile_case_leaves_a_half_made_output_folder(outcomes, workspace):
-    """A bench that fails on its config or its data must not leave runs/<name>/ behind with only config.yaml."""
+    """A bench that fails on its config or its data must not leave runs/<name>/ behind with only config.yaml
+    (issue 9.12; before, run_ablation wrote config.yaml first)."""
     runs = workspace / "runs"
     leftovers = sorted(str(p.relative_to(workspace)) for p in runs.rglob("*")) if runs.exists() else []
     assert leftovers == []

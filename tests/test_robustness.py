@@ -296,9 +296,8 @@ def test_9_12_relative_paths_in_a_config_resolve_against_its_folder(tmp_path, mo
     assert Path(run.prompt_template).resolve() == (folder / "prompts" / "p.yaml").resolve()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9.12 is open in records/dataset.py (not this session's file): an "
-                                       "unsafe file stem raises from patient_ids() and blocks the whole folder")
 def test_9_12_an_unsafely_named_file_is_skipped_with_a_warning(cohort, tmp_path):
+    """Before: patient_ids() raised on the unsafe stem, so one stray copy blocked inspect/index for the folder."""
     data = tmp_path / "data"
     (data / "ehrs").mkdir(parents=True)
     for name in ("rb-1.xml", "rb-2.xml"):
@@ -313,10 +312,8 @@ def test_9_12_an_unsafely_named_file_is_skipped_with_a_warning(cohort, tmp_path)
 # -- 9.10 --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9.10 is open in records/instructions.py (not this session's file): "
-                                       "the decode error is raised while the csv reader fills its buffer, before "
-                                       "the line counter moves")
 def test_9_10_a_non_utf8_byte_names_its_line(tmp_path):
+    """Before: the decode error came while the csv reader filled its buffer, so the error named line 1."""
     table = tmp_path / "clinician-instruction-responses.tsv"
     rows = [b"instruction_id\tquestion\tperson_id"] + [f"i{n}\tquestion {n}\tp1".encode() for n in range(1, 6)]
     rows[4] = b"i4\tquestion \xff\xfe 4\tp1"  # line 5
