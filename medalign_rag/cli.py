@@ -10,19 +10,46 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from medalign_rag.errors import MedalignError
 
+
+def _plain_flag_help(command, parent=None):
+    """Show on/off flags as bare flags in help (typer's rich help labels them `<bool>`, as if they took a value).
+
+    Duck-typed because typer >= 0.19 vendors its own copy of click, so `click.Option` is not its option class."""
+    context = command.context_class(command, parent=parent, info_name=command.name)
+    for param in command.get_params(context):  # includes --help, which click makes on first use and keeps
+        if (getattr(param, "is_flag", False) or getattr(param, "count", False)) and param.metavar is None:
+            param.metavar = ""
+    return command
+
+
+class _Group(typer.core.TyperGroup):
+    """Typer's group, with every command's help cleaned by `_plain_flag_help` as it is looked up."""
+
+    def get_command(self, ctx, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        return _plain_flag_help(command, ctx) if command is not None else None
+
+    def format_help(self, ctx, formatter) -> None:
+        _plain_flag_help(self, ctx.parent)
+        super().format_help(ctx, formatter)
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Answer clinicians' instructions over long EHRs with retrieval, and measure it (MedAlign).",
 )
-convert_app = typer.Typer(no_args_is_help=True, help="Convert public datasets into MedAlign's release layout.")
+convert_app = typer.Typer(cls=_Group, no_args_is_help=True,
+                          help="Convert public datasets into MedAlign's release layout.")
 app.add_typer(convert_app, name="convert")
 export_app = typer.Typer(no_args_is_help=True, help="Write records in another standard format.")
 app.add_typer(export_app, name="export")
@@ -31,7 +58,74 @@ console = Console(stderr=True)
 stdout = Console()
 
 
-def progress_bar() -> Progress:
+class LineProgress:
+    """Progress for a stderr that is not a terminal (a log file, CI, a pipe): plain lines instead of a bar.
+
+    Same calls as rich's Progress (add_task, advance, update, a context manager). A line is written when a task's
+    description changes (the index build names each patient), at every step of a short task and at every 5% of a
+    long one, and when it completes, so a long run shows it is alive without flooding the log. Nothing is written
+    before the first step, so a command that fails at once prints its one error line alone.
+    """
+
+    LINE_EVERY_STEP_UP_TO = 100
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **_ignored) -> int:
+        task_id = len(self.tasks)
+        self.tasks[task_id] = {"description": description, "total": total, "completed": 0, "shown": 0}
+        return task_id
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def update(self, task_id: int, *, advance: float | None = None, completed: float | None = None,
+               description: str | None = None, total: float | None = None, **_ignored) -> None:
+        task = self.tasks[task_id]
+        renamed = description is not None and description != task["description"]
+        if description is not None:
+            task["description"] = description
+        if total is not None:
+            task["total"] = total
+        if completed is not None:
+            task["completed"] = completed
+        if advance:
+            task["completed"] += advance
+        done, total = task["completed"], task["total"]
+        if not total:
+            due = renamed
+        elif total <= self.LINE_EVERY_STEP_UP_TO:
+            due = renamed or done != task["shown"]
+        else:
+            due = renamed or done >= total or int(done * 20 // total) != int(task["shown"] * 20 // total)
+        if due:
+            self._write(task_id)
+
+    def _write(self, task_id: int) -> None:
+        task = self.tasks[task_id]
+        task["shown"] = task["completed"]
+        total = task["total"]
+        count = f"{int(task['completed'])}/{int(total)}" if total else f"{int(task['completed'])}"
+        self.stream.write(f"{task['description']}: {count}\n")
+        self.stream.flush()
+
+
+def progress_bar() -> Progress | LineProgress:
+    """A progress display on stderr: a live bar in a terminal, plain lines otherwise (MEDALIGN_PROGRESS=1 forces
+    the bar, MEDALIGN_PROGRESS=0 silences progress)."""
+    setting = os.environ.get("MEDALIGN_PROGRESS")
+    if setting == "0":
+        return Progress(console=console, disable=True)
+    if not console.is_terminal and setting != "1":
+        return LineProgress()
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -40,7 +134,6 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
-        disable=not console.is_terminal and os.environ.get("MEDALIGN_PROGRESS") != "1",
     )
 
 
@@ -297,6 +390,10 @@ def ask(
         reserve_tokens=run.reserve_tokens if run is not None else 256,
         max_new_tokens=run.max_new_tokens if run is not None else 256,
     )
+    if not pipeline.builder.is_current(folder, patient):
+        # the first question about a long record embeds all of it (tens of seconds): say so, terminal or not
+        console.print(f"building index for {patient} (first question about this patient)...", highlight=False,
+                      soft_wrap=True)
     with console.status(f"retrieving ({strategy}, {budget} tokens)" + ("" if generator is None else " and answering")):
         result = pipeline.answer([request])[0]
     if as_json:
@@ -520,27 +617,58 @@ def set_process_environment() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def main() -> None:
+def _cli_exception_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage/click errors, exits, aborts) for whichever click typer runs on: typer >= 0.19 vendors its own copy
+    (typer._click), whose exceptions are not click's, so both are caught."""
     import click
+
+    errors: list[type] = [click.ClickException]
+    exits: list[type] = [click.exceptions.Exit, typer.Exit]
+    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        pass
+    else:
+        errors.append(vendored.ClickException)
+    return tuple(errors), tuple(exits), tuple(aborts)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def main() -> None:
     from pydantic import ValidationError
 
     set_process_environment()
+    click_errors, exits, aborts = _cli_exception_classes()
+    interrupted = "interrupted: finished work is saved; run the same command again to resume"
     try:
         # standalone_mode=False: click would otherwise turn Ctrl-C into a bare "Aborted!" and swallow our errors
         code = app(standalone_mode=False)
+        if code == 130:  # typer >= 0.19 turns Ctrl-C into a returned exit code 130 before we can see it
+            console.print(interrupted, highlight=False)
         raise SystemExit(code if isinstance(code, int) else 0)
     except MedalignError as exc:
         if os.environ.get("MEDALIGN_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # one line, whatever a library put in the message it wraps (transformers' errors span several)
+        console.print(f"[red]error:[/red] {_one_line(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print("interrupted: finished work is saved; run the same command again to resume", highlight=False)
+    except (KeyboardInterrupt, *aborts):
+        console.print(interrupted, highlight=False)
         raise SystemExit(130)
-    except click.exceptions.Exit as exc:
+    except exits as exc:
         raise SystemExit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except click_errors as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command: show its help, as click would
+            exc.show()
+            raise SystemExit(exc.exit_code)
+        # one line, like every other error: click's own show() adds the usage and a hint on lines of their own
+        context = getattr(exc, "ctx", None)
+        hint = f" (see: {context.command_path} --help)" if context is not None else ""
+        console.print(f"[red]error:[/red] {_one_line(exc.format_message())}{hint}", highlight=False, soft_wrap=True)
         raise SystemExit(exc.exit_code)
     except ValidationError as exc:  # a request built from the arguments (AnswerRequest) names the bad field
         first = exc.errors()[0]

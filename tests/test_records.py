@@ -25,6 +25,7 @@ from medalign_rag.records.model import (
 )
 from medalign_rag.records.readers import parse_code_line, parse_timestamp, read_record
 from medalign_rag.records.serialize import render_record, write_release_xml
+from medalign_rag.records.sources.medalign_xml import UNSAFE_NAME_WARNING
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 
@@ -107,7 +108,8 @@ def test_parse_timestamp_formats() -> None:
     assert parse_timestamp("10/08/2018 20:00") == datetime(2018, 10, 8, 20, 0)
     assert parse_timestamp("7/19/1966") == datetime(1966, 7, 19)
     assert parse_timestamp("2018-10-08 20:05:00") == datetime(2018, 10, 8, 20, 5)
-    assert parse_timestamp("2018-10-08T21:05:00+01:00") == datetime(2018, 10, 8, 20, 5)
+    # an offset is dropped and the wall-clock reading kept, as for every other timestamp input
+    assert parse_timestamp("2018-10-08T21:05:00+01:00") == datetime(2018, 10, 8, 21, 5)
     assert parse_timestamp("yesterday") is None
 
 
@@ -398,8 +400,12 @@ def test_folder_errors(tmp_path: Path) -> None:
         folder.record_path("p1")
     assert str(tmp_path / "ehrs" / "p1.xml") in str(caught.value)
     (tmp_path / "ehrs" / "bad name.xml").write_text("<record/>")
+    # issue 9.12: an unsafe file name is skipped and named in the folder's warnings, not an error for the folder
+    assert folder.patient_ids() == [] and folder.patient_ids() == []
+    assert folder.warnings.counts == {UNSAFE_NAME_WARNING: 1}
+    assert "bad name.xml" in folder.warnings.lines()[0]
     with pytest.raises(MedalignError, match="not allowed"):
-        folder.patient_ids()
+        folder.record_path("bad name")
 
 
 def test_folder_of_loose_files_and_single_file(tmp_path: Path) -> None:

@@ -242,6 +242,7 @@ def read_tasks(tasks_csv: Path) -> list[Task]:
     tasks: list[Task] = []
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
+        start = 1  # the header line, until a row is read (a decode error can come before)
         try:
             header = next(reader, None)
             if header is None:

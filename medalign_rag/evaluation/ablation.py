@@ -7,6 +7,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
+from medalign_rag.atomic import atomic_write_text
 from medalign_rag.config import RunConfig
 from medalign_rag.errors import MedalignError
 from medalign_rag.evaluation.report import plot_metric, split_patients, summarize, write_report, write_summary_csv
@@ -48,8 +49,6 @@ def run_ablation(
     from medalign_rag.index.builder import IndexBuilder
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(_dump_config(config), encoding="utf-8")
     data = prepare_data(config, progress=progress_factory is not None)
     instructions = data.instructions()
     if not instructions:
@@ -66,6 +65,9 @@ def run_ablation(
     patient_ids = sorted({i.patient_id for i in instructions})
 
     runner = AblationRunner(config, data, out_dir, generator=generator)
+    # only now: a run that fails on its data or prompt leaves no output folder holding nothing but its config
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", _dump_config(config))
     builder: IndexBuilder = runner.pipeline.builder
     total = len(instructions) * len(config.strategies) * len(set(config.budgets))
     if progress_factory is not None:

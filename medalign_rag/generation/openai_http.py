@@ -4,13 +4,21 @@ Requests run in a bounded thread pool sharing one httpx client. Overload and tra
 refused or dropped connections) are retried a bounded number of times with exponential back-off (honouring
 Retry-After); everything else becomes a MedalignError that says what is wrong (server down, wrong URL,
 wrong model). The connect timeout is short, so a server that is not there fails fast instead of hanging.
+
+Prompts carry patient records, so where they go is checked before anything is sent: an API key is sent only when
+the options name the environment variable that holds it (`api_key_env`), plain http is refused for any host but
+this machine unless `allow_insecure_http: true`, and the first time records are about to leave this machine for a
+host, one warning line says so on stderr.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import sys
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -49,7 +57,11 @@ class OpenAIOptions(BackendOptions):
     base_url: str = Field(description="Server root including the API prefix, e.g. http://127.0.0.1:8000/v1")
     model: str | None = Field(default=None, description="Model id to request; default: the server's only model")
     api_key_env: str | None = Field(
-        default="OPENAI_API_KEY", description="Name of the environment variable holding the API key (sent if set)"
+        default=None,
+        description="Name of the environment variable holding the API key; no key is sent unless this names one",
+    )
+    allow_insecure_http: bool = Field(
+        default=False, description="Allow plain http:// to a host other than this machine (records travel unencrypted)"
     )
     concurrency: int = Field(
         default=4,
@@ -72,6 +84,60 @@ class OpenAIOptions(BackendOptions):
     )
     seed: int | None = Field(default=None, description="Sent as `seed` where the server honours it")
     name: str | None = None
+
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+_warned_hosts: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for this machine: a loopback address (127.0.0.0/8, ::1) or the name localhost. Other names are not
+    resolved (that would itself be a request), so they count as other machines."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_destination(base_url: str, allow_insecure_http: bool) -> httpx.URL:
+    """Refuse URLs that would send records where they should not go; warn once per host that is not this
+    machine. Returns the parsed URL."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError, ValueError) as error:
+        raise MedalignError(f"base_url {base_url!r} is not a URL: {error}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise MedalignError(f"base_url must start with http:// or https:// and name a host, got {base_url!r}")
+    if is_loopback_host(url.host):
+        return url
+    if url.scheme == "http" and not allow_insecure_http:
+        raise MedalignError(
+            f"base_url {base_url!r} would send patient records unencrypted (plain http) to {url.host}, another "
+            "machine; use https://, or set allow_insecure_http: true in backend_options if the network is trusted"
+        )
+    with _warned_lock:
+        first_time = url.host not in _warned_hosts
+        _warned_hosts.add(url.host)
+    if first_time:
+        sys.stderr.write(f"warning: prompts with patient records will be sent to {url.host} ({url.scheme}), "
+                         "not this machine\n")
+        sys.stderr.flush()
+    return url
+
+
+def _api_key_headers(api_key_env: str | None) -> dict[str, str]:
+    """The Authorization header when the options name the key's environment variable; nothing otherwise, so a key
+    meant for one service (e.g. $OPENAI_API_KEY) never goes to whatever base_url points at."""
+    if not api_key_env:
+        return {}
+    api_key = os.environ.get(api_key_env, "").strip()
+    if not api_key:
+        raise MedalignError(f"api_key_env names ${api_key_env}, but that environment variable is not set")
+    return {"Authorization": f"Bearer {api_key}"}
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -118,12 +184,8 @@ class OpenAIGenerator(Generator):
     def __init__(self, options: OpenAIOptions) -> None:
         self.options = options
         self.base_url = options.base_url.rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise MedalignError(f"base_url must start with http:// or https://, got {options.base_url!r}")
-        headers = {"Content-Type": "application/json"}
-        api_key = os.environ.get(options.api_key_env) if options.api_key_env else None
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
+        check_destination(self.base_url, options.allow_insecure_http)
+        headers = {"Content-Type": "application/json", **_api_key_headers(options.api_key_env)}
         timeout = httpx.Timeout(
             connect=options.connect_timeout, read=options.read_timeout, write=options.connect_timeout, pool=None
         )
@@ -397,9 +459,9 @@ class OpenAIGenerator(Generator):
         if status == 404:
             return MedalignError(f"{url} is not found (HTTP 404); base_url usually ends in /v1: {detail}")
         if status in (401, 403):
-            return MedalignError(
-                f"{url} refused the request (HTTP {status}); set the API key in ${self.options.api_key_env}: {detail}"
-            )
+            where = (f"check the key in ${self.options.api_key_env}" if self.options.api_key_env
+                     else "name the environment variable holding the API key in the api_key_env option")
+            return MedalignError(f"{url} refused the request (HTTP {status}); {where}: {detail}")
         if status in _RETRY_STATUSES:
             return MedalignError(
                 f"{url} still answered HTTP {status} after {self.options.max_retries} retries: {detail}"

@@ -7,7 +7,9 @@ newlines inside quoted fields; the csv module reads that dialect. Our own writer
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medalign_rag.atomic import atomic_write_bytes
+from medalign_rag.dates import naive_local
 from medalign_rag.errors import MedalignError
 from medalign_rag.records.model import Instruction, ModelResponse, check_patient_id
 
@@ -81,7 +84,7 @@ def _read_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[_Ro
     if not path.is_file():
         raise MedalignError("table not found", path=path)
     rows: list[_Row] = []
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    with io.StringIO(_decode_table(path), newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         start = 1
         try:
@@ -103,9 +106,27 @@ def _read_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[_Ro
                         f"row has {len(cells)} fields but the header has {len(columns)}", path=path, line=line
                     )
                 rows.append(_Row(line, dict(zip(columns, cells))))
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             raise MedalignError(f"cannot parse the table: {exc}", path=path, line=start) from None
     return columns, rows
+
+
+def _decode_table(path: Path) -> str:
+    """The whole table as text. Decoded in one piece, not as the csv reader pulls buffers, so a byte that is not
+    UTF-8 is reported on its own line (counted from the decoder's byte offset), not on the line being read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MedalignError(f"cannot read the table: {exc.strerror or exc}", path=path) from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise MedalignError(f"byte 0x{data[exc.start]:02x} at column {column} is not UTF-8; save the table as UTF-8",
+                            path=path, line=line) from None
 
 
 def _bad(path: Path, row: _Row, column: str, problem: str) -> MedalignError:
@@ -132,7 +153,8 @@ def _parse_time_anchor(path: Path, row: _Row) -> datetime | None:
     if not raw:
         return None
     try:
-        return datetime.fromisoformat(raw)
+        # the model's validator does this too, but rows merged by model_copy() below are not validated again
+        return naive_local(datetime.fromisoformat(raw))
     except ValueError:
         raise _bad(path, row, "time_anchor", f"{raw!r} is not a timestamp (use YYYY-MM-DD HH:MM:SS)") from None
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import Enum
-from typing import Iterator
+from typing import Annotated, Iterator
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
+from medalign_rag.dates import naive_local
 from medalign_rag.errors import MedalignError
 
 # Patient ids end up in file names (ehrs/<id>.xml, indexes/<id>/); anything else could escape the folder.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+# Every timestamp a record or an instruction holds, whichever reader or caller made it, passes through here: a value
+# with a UTC offset keeps its wall-clock reading and drops the offset (medalign_rag.dates.naive_local), so any two
+# timestamps compare without "can't compare offset-naive and offset-aware datetimes".
+LocalTimestamp = Annotated[datetime, AfterValidator(naive_local)]
 
 
 def check_patient_id(patient_id: str, *, path: str | None = None) -> str:
@@ -71,7 +78,7 @@ class Event(BaseModel):
     """One clinical fact. `event_id` is stable across reads: gold evidence points at it."""
 
     event_id: str
-    timestamp: datetime
+    timestamp: LocalTimestamp
     kind: EventKind
     source_type: str | None = None  # the raw element/type name when it is not the canonical one for `kind`
     code: str | None = None  # "VOCAB/CODE", e.g. "LOINC/4548-4"
@@ -84,13 +91,13 @@ class Event(BaseModel):
 class Encounter(BaseModel):
     encounter_id: str
     type: str = "encounter"
-    start: datetime
-    end: datetime | None = None
+    start: LocalTimestamp
+    end: LocalTimestamp | None = None
     events: list[Event] = Field(default_factory=list)
 
 
 class Demographics(BaseModel):
-    birthdate: datetime | None = None
+    birthdate: LocalTimestamp | None = None
     gender: str | None = None
     race: str | None = None
     ethnicity: str | None = None
@@ -132,7 +139,7 @@ class Instruction(BaseModel):
     patient_id: str
     question: str
     reference_answers: list[str] = Field(default_factory=list)
-    time_anchor: datetime | None = None
+    time_anchor: LocalTimestamp | None = None
     evidence_event_ids: list[str] = Field(default_factory=list)
     category: str | None = None
     # Dataset-specific extras (e.g. FHIR-AgentBench's raw true_answer rows, task template); JSON-safe values only.

@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from xml.parsers import expat
 
+from medalign_rag.dates import naive_local
 from medalign_rag.errors import MedalignError
 from medalign_rag.records.model import (
     OMOP_TABLE_BY_KIND,
@@ -117,7 +118,8 @@ _US_FORMATS = (
 def parse_timestamp(text: str) -> datetime | None:
     """Parse the timestamps either layout uses (ISO-like or US style); None if `text` is not one.
 
-    Aware timestamps are converted to naive UTC so that every timestamp in a record can be compared.
+    A timestamp with a UTC offset keeps its wall-clock reading and drops the offset: the one rule for every
+    timestamp input (medalign_rag.dates.naive_local, also applied by the record model's validators).
     """
     text = text.strip()
     if not text:
@@ -134,9 +136,7 @@ def parse_timestamp(text: str) -> datetime | None:
                 continue
         if value is None:
             return None
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value
+    return naive_local(value)
 
 
 def _timestamp(node: _Node, attribute: str, path: Path, *, required: bool = True) -> datetime | None:

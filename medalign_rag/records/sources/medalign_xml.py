@@ -14,7 +14,7 @@ table when present, and any instruction only the model-response table names (HEL
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medalign_rag.atomic import file_sha256
@@ -28,7 +28,7 @@ from medalign_rag.records.instructions import (
 )
 from medalign_rag.records.model import Instruction, ModelResponse, PatientRecord, check_patient_id
 from medalign_rag.records.readers import read_record
-from medalign_rag.records.sources import register_source
+from medalign_rag.records.sources import SourceWarnings, register_source
 
 __all__ = [
     "DataFolder",
@@ -45,6 +45,7 @@ RELEASE_EHRS_DIRNAME = "medalign_ehr_xml"
 EHRS_DIRNAME = "ehrs"
 # Looked for in this order: the release's own name first.
 EHRS_DIRNAMES = (RELEASE_EHRS_DIRNAME, EHRS_DIRNAME)
+UNSAFE_NAME_WARNING = "record files skipped: the name is not a safe patient id (letters, digits, '_', '-', '.')"
 
 
 def _is_record_file(path: Path) -> bool:
@@ -72,6 +73,8 @@ class DataFolder:
     ehrs_dir: Path
     # Set when the folder was opened from a single XML file: only that record belongs to it.
     single_file: Path | None = None
+    warnings: SourceWarnings = field(default_factory=SourceWarnings, compare=False, repr=False)
+    _skipped: set[Path] = field(default_factory=set, compare=False, repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "DataFolder":
@@ -91,8 +94,20 @@ class DataFolder:
         return [p for p in self.ehrs_dir.glob("*.xml") if _is_record_file(p)]
 
     def patient_ids(self) -> list[str]:
-        """Sorted ids of the patients in the folder (the XML file stems); an unsafe stem is an error."""
-        return sorted(check_patient_id(p.stem, path=str(p)) for p in self._record_files())
+        """Sorted ids of the patients in the folder (the XML file stems). A file whose stem is not a safe patient id
+        (`synth-0003 (copy).xml`) is skipped and named in `warnings`, so one stray copy does not block the folder;
+        a single file opened by path must have a safe name."""
+        if self.single_file is not None:
+            return [check_patient_id(self.single_file.stem, path=str(self.single_file))]
+        ids = []
+        for path in self._record_files():
+            try:
+                ids.append(check_patient_id(path.stem, path=str(path)))
+            except MedalignError:
+                if path not in self._skipped:  # patient_ids() is called more than once per command
+                    self._skipped.add(path)
+                    self.warnings.add(UNSAFE_NAME_WARNING, path.name)
+        return sorted(ids)
 
     def record_path(self, patient_id: str) -> Path:
         """The XML file of `patient_id`; MedalignError if the id is unsafe or the file is not there."""
