@@ -102,17 +102,25 @@ def load_run_config(path: Path | str, overrides: dict[str, Any] | None = None, *
     """Read and validate a run config. Relative paths in it (data, index_dir, prompt_template) resolve against
     the config file's folder, so a config works from any working directory. `text` reads a packaged config."""
     path = Path(path)
-    if text is None and not path.is_file():
+    from_file = text is None
+    if from_file and not path.is_file():
         raise MedalignError("config file not found", path=path)
     try:
-        raw = yaml.safe_load(text if text is not None else path.read_text(encoding="utf-8")) or {}
+        if from_file:
+            raw_bytes = path.read_bytes()
+            try:
+                text = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = raw_bytes[: exc.start].count(b"\n") + 1
+                raise MedalignError(f"not UTF-8 text (byte 0x{raw_bytes[exc.start]:02x})", path=path, line=line) from None
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         raise MedalignError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path=path,
                             line=line + 1 if line is not None else None) from exc
     if not isinstance(raw, dict):
         raise MedalignError("a run config must be a YAML mapping", path=path)
-    if text is None:
+    if from_file:
         _resolve_relative_paths(raw, path.parent)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:

@@ -252,9 +252,6 @@ def test_run_configs(data):
     read_config_or_error(data)
 
 
-@pytest.mark.xfail(strict=True, reason="config.py (not this session's file): load_run_config reads the file with "
-                                       "read_text(encoding='utf-8') outside its try, so a non-UTF-8 byte escapes as "
-                                       "UnicodeDecodeError")
 @FUZZ
 @given(st.one_of(st.binary(max_size=800), mutated(RUN_CONFIG)))
 def test_run_configs_from_arbitrary_bytes(data):

@@ -188,6 +188,13 @@ class LocalGenerator(ChatTemplateMixin, Generator):
                 raise MedalignError("give the local backend either model= or gguf_file=, not both")
             source = self.options.model
             default_name = self.options.model
+            if not Path(source).exists():
+                from huggingface_hub import try_to_load_from_cache
+
+                if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+                    raise MedalignError(
+                        f"model {source!r} is not on disk (no such folder, not in the Hugging Face cache); nothing "
+                        "is downloaded: give a local folder, or a name already in the cache")
         else:
             gguf_path = self._gguf_path()
             converted, converted_now = convert_gguf(gguf_path, self.options.cache_dir)

@@ -220,10 +220,12 @@ def build_patients(builder, source, patient_ids, *, force: bool = False, keep_go
         if on_patient:
             on_patient(result)
 
-    def failed(patient_id: str, exc: MedalignError) -> None:
+    def failed(patient_id: str, exc: Exception) -> None:
         if not keep_going:
             raise exc
-        report(PatientBuildResult(patient_id=patient_id, status="failed", error=str(exc)))
+        # any failure of one patient (a clear MedalignError or a bug on an odd record) must not stop the others
+        message = str(exc) if isinstance(exc, MedalignError) else f"{type(exc).__name__}: {exc}"
+        report(PatientBuildResult(patient_id=patient_id, status="failed", error=message))
 
     group: list[PreparedPatient] = []
 
@@ -233,14 +235,14 @@ def build_patients(builder, source, patient_ids, *, force: bool = False, keep_go
         for prepared, vectors in zip(group, encode_group(builder, group)):
             try:
                 report(commit_patient(builder, prepared, vectors, force=force))
-            except MedalignError as exc:
+            except Exception as exc:
                 failed(prepared.patient_id, exc)
         group.clear()
 
     for patient_id in patient_ids:
         try:
             prepared = prepare_patient(builder, source, patient_id, force=force)
-        except MedalignError as exc:
+        except Exception as exc:
             failed(patient_id, exc)
             continue
         if not isinstance(prepared, PreparedPatient):
