@@ -212,9 +212,13 @@ def _pack(
             opened.add(chunk.encounter_id)
             used += extra
         if len(take) < len(event_positions):
+            complete = False
+            if not take and not newest_first:
+                # A ranked chunk whose first event alone is over the room left (a long note) would otherwise end
+                # the packing with the budget unused, even with nothing packed yet: skip it, try the next.
+                continue
             if take:
                 trimmed.append(chunk.chunk_id)
-            complete = False
             break
     return _Packing(selected=selected, added=added, trimmed=trimmed, estimated_tokens=used, complete=complete)
 

@@ -70,9 +70,43 @@ def test_ranked_chunks_are_packed_in_rank_order():
     first = index.chunks[ranking[0]]
     assert first.chunk_id in assembled.chunk_ids
     chosen = set(assembled.chunk_ids)
-    # a chunk is only chosen if every better-ranked chunk is chosen too (the last one may be trimmed)
-    positions = [r for r, p in enumerate(ranking) if index.chunks[p].chunk_id in chosen]
-    assert positions == list(range(len(positions)))
+    # a chunk is only chosen if every better-ranked chunk is chosen too (the last one may be trimmed), except a
+    # chunk skipped because its first event alone was over the room left at its turn (so over the room left now)
+    counter = default_counter()
+    room_now = assembled.available_tokens - assembled.context_tokens
+    last_chosen = max(r for r, p in enumerate(ranking) if index.chunks[p].chunk_id in chosen)
+    for rank, position in enumerate(ranking[:last_chosen]):
+        chunk = index.chunks[position]
+        if chunk.chunk_id not in chosen:
+            from medalign_rag.records.serialize import render_event_line
+
+            first_line = render_event_line(chunk.events[0], include_ids=False)
+            assert counter.count(first_line) > room_now, f"rank {rank} was skipped though its first event fits"
+
+
+def test_a_ranked_chunk_too_big_to_start_does_not_leave_the_context_empty():
+    from medalign_rag.records.model import Encounter, Event, EventKind, PatientRecord
+    from datetime import datetime
+
+    long_note = " ".join(f"word{i}" for i in range(3000))
+    record = PatientRecord(patient_id="p1", encounters=[
+        Encounter(encounter_id="e1", start=datetime(2020, 1, 1), events=[
+            Event(event_id="note", timestamp=datetime(2020, 1, 1, 9), kind=EventKind.note, name="progress",
+                  text=long_note)]),
+        Encounter(encounter_id="e2", start=datetime(2021, 1, 1), events=[
+            Event(event_id="a1c", timestamp=datetime(2021, 1, 1, 9), kind=EventKind.measurement,
+                  name="Hemoglobin A1c", value="7.1", unit="%")]),
+    ])
+    chunks = chunk_record(record, default_counter(), ChunkingSettings(max_tokens=256))
+    manifest = IndexManifest(patient_id="p1", embedding_model="none", dimension=4, chunking=ChunkingSettings(),
+                             window_tokens=256, overlap_tokens=32, token_counter="cl100k_base", source_sha256="x",
+                             n_chunks=len(chunks), n_windows=0)
+    index = PatientIndex(manifest=manifest, chunks=chunks, window_chunk=np.zeros(0, np.int32),
+                         vectors=faiss.IndexFlatIP(4))
+    note_chunk = next(p for p, c in enumerate(chunks) if "note" in c.event_ids)
+    ranking = [note_chunk] + [p for p in range(len(chunks)) if p != note_chunk]
+    assembled = assemble_context(index, strategy="test", budget=1024, counter=default_counter(), ranking=ranking)
+    assert assembled.event_ids == ["a1c"], "the next ranked chunk fills the room the oversized note left"
 
 
 def test_time_anchor_hides_later_events():
