@@ -303,11 +303,6 @@ class EvidenceResolution:
     questions_resolved: int = 0  # questions with at least one gold id resolved
     records: ConversionSummary | None = None
 
-    @property
-    def resolved_fraction(self) -> float:
-        """Share of questions with gold evidence that resolve at least one id."""
-        return self.questions_resolved / self.questions_with_evidence if self.questions_with_evidence else 0.0
-
     def to_json_dict(self) -> dict:
         """Per resource type {"ids", "resolved"}, plus the question counts, as evidence_resolution.json holds."""
         out: dict[str, object] = {

@@ -143,24 +143,6 @@ class ConversionSummary:
     tokens_per_patient: dict[str, int] | None = None
     notes: list[str] = field(default_factory=list)
 
-    def token_distribution(self) -> dict[str, float] | None:
-        if not self.tokens_per_patient:
-            return None
-        import numpy as np
-
-        counts = np.array(sorted(self.tokens_per_patient.values()))
-        return {
-            "min": float(counts.min()),
-            "p25": float(np.percentile(counts, 25)),
-            "median": float(np.median(counts)),
-            "mean": float(counts.mean()),
-            "p75": float(np.percentile(counts, 75)),
-            "p90": float(np.percentile(counts, 90)),
-            "max": float(counts.max()),
-            "over_32k": int((counts > 32_000).sum()),
-            "over_100k": int((counts > 100_000).sum()),
-        }
-
 
 @dataclass
 class MimicEvents:

@@ -32,6 +32,7 @@ from enum import Enum
 from typing import Any, Iterable, Sequence
 
 from medalign_rag.errors import MedalignError
+from medalign_rag.dates import MONTHS
 
 NUMBER_RELATIVE_TOLERANCE = 0.01
 NUMBER_ABSOLUTE_TOLERANCE = 0.01
@@ -184,28 +185,7 @@ def _is_float_literal(rows: Sequence[Sequence[Any]]) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading the prediction
 
-_MONTHS = {
-    name: number
-    for number, names in enumerate(
-        [
-            ("january", "jan"),
-            ("february", "feb"),
-            ("march", "mar"),
-            ("april", "apr"),
-            ("may",),
-            ("june", "jun"),
-            ("july", "jul"),
-            ("august", "aug"),
-            ("september", "sep", "sept"),
-            ("october", "oct"),
-            ("november", "nov"),
-            ("december", "dec"),
-        ],
-        start=1,
-    )
-    for name in names
-}
-_MONTH_NAME = r"(?P<month_name>" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_MONTH_NAME = r"(?P<month_name>" + "|".join(sorted(MONTHS, key=len, reverse=True)) + r")\.?"
 _DAY = r"(?P<day>\d{1,2})(?:st|nd|rd|th)?"
 _DATE_PATTERNS = [
     re.compile(r"(?<!\d)(?P<year>\d{4})[-/.](?P<month>\d{1,2})[-/.](?P<day>\d{1,2})(?!\d)"),
@@ -249,7 +229,7 @@ def _date_mentions(text: str) -> list[_DateMention]:
             if any(start < t_end and t_start < end for t_start, t_end in taken):
                 continue
             groups = match.groupdict()
-            month = _MONTHS[groups["month_name"].lower()] if groups.get("month_name") else int(groups["month"])
+            month = MONTHS[groups["month_name"].lower()] if groups.get("month_name") else int(groups["month"])
             try:
                 day = date(int(match["year"]), month, int(match["day"]))
             except ValueError:
