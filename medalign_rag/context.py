@@ -223,6 +223,30 @@ def _pack(
     return _Packing(selected=selected, added=added, trimmed=trimmed, estimated_tokens=used, complete=complete)
 
 
+def _fit_by_rescaling(index: PatientIndex, counter: TokenCounter, available: int, pack):
+    """Per-line estimates are a few percent off the exact count of the joined text, in either direction. Pack by
+    estimate (`pack(target)`), count exactly, rescale the estimated budget, and keep the fullest packing that fits.
+
+    Returns (best fitting (packing, text, tokens) or None, the last packing, its text, its exact tokens)."""
+    tolerance = max(8, available // 100)
+    target = available * 0.99  # estimates run a little high or low; starting just under usually fits first time
+    best = None
+    for _ in range(5):
+        packing = pack(target)
+        text = _render_text(index, _chronological(index, packing.selected))
+        tokens = counter.count(text)
+        scale = packing.estimated_tokens / max(tokens, 1)
+        if tokens <= available:
+            if best is None or tokens > best[2]:
+                best = (packing, text, tokens)
+            if packing.complete or available - tokens <= tolerance:
+                break
+            target += (available - tokens) * scale * 0.98
+        else:
+            target -= (tokens - available) * scale * 1.02 + 1
+    return best, packing, text, tokens
+
+
 def assemble_context(
     index: PatientIndex,
     *,
@@ -255,24 +279,8 @@ def assemble_context(
     newest_first = newest_events_first
     order = ranking
 
-    # Per-line estimates are a few percent off the exact count of the joined text, in either direction. Pack by
-    # estimate, count exactly, rescale the estimated budget, and keep the fullest packing that fits.
-    tolerance = max(8, available // 100)
-    target = available * 0.99  # estimates run a little high or low; starting just under usually fits first time
-    best: tuple[_Packing, str, int] | None = None
-    for _ in range(5):
-        packing = _pack(index, costs, order, target, fixed, time_anchor, newest_first)
-        text = _render_text(index, _chronological(index, packing.selected))
-        tokens = counter.count(text)
-        scale = packing.estimated_tokens / max(tokens, 1)
-        if tokens <= available:
-            if best is None or tokens > best[2]:
-                best = (packing, text, tokens)
-            if packing.complete or available - tokens <= tolerance:
-                break
-            target += (available - tokens) * scale * 0.98
-        else:
-            target -= (tokens - available) * scale * 1.02 + 1
+    best, packing, text, tokens = _fit_by_rescaling(
+        index, counter, available, lambda target: _pack(index, costs, order, target, fixed, time_anchor, newest_first))
     if best is None:
         # Still over after rescaling (pathological tokenization): drop the lowest-ranked events until it fits.
         selected, added = packing.selected, list(packing.added)
@@ -433,22 +441,9 @@ def assemble_event_context(
         )
     costs = _costs(index, counter)
     fixed = costs.empty_context
-    tolerance = max(8, available // 100)
-    target = available * 0.99
-    best: tuple[_EventPacking, str, int] | None = None
-    for _ in range(5):
-        packing = _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes)
-        text = _render_text(index, _chronological(index, packing.selected))
-        tokens = counter.count(text)
-        scale = packing.estimated_tokens / max(tokens, 1)
-        if tokens <= available:
-            if best is None or tokens > best[2]:
-                best = (packing, text, tokens)
-            if packing.complete or available - tokens <= tolerance:
-                break
-            target += (available - tokens) * scale * 0.98
-        else:
-            target -= (tokens - available) * scale * 1.02 + 1
+    best, packing, text, tokens = _fit_by_rescaling(
+        index, counter, available,
+        lambda target: _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes))
     if best is None:
         # still over (pathological tokenization): drop the lowest-ranked chosen events until it fits
         rank_of = {item: r for r, item in enumerate(event_ranking)}
