@@ -193,8 +193,8 @@ class LocalGenerator(ChatTemplateMixin, Generator):
 
                 if not isinstance(try_to_load_from_cache(source, "config.json"), str):
                     raise MedalignError(
-                        f"model {source!r} is not on disk (no such folder, not in the Hugging Face cache); nothing "
-                        "is downloaded: give a local folder, or a name already in the cache")
+                        f"model {source!r} is not on disk (no such folder, not in the Hugging Face cache) and the hub "
+                        "is offline: nothing is downloaded; give a local folder, or a name already in the cache")
         else:
             gguf_path = self._gguf_path()
             converted, converted_now = convert_gguf(gguf_path, self.options.cache_dir)
