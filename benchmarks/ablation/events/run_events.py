@@ -234,6 +234,7 @@ def write_outputs(out: Path, items: Items, timing: dict, seconds: float, sampled
         mean, lo, hi = clustered_interval(list(values.values()), [cluster_of[q] for q in values])
         summary.append({"part": key[0], "wording": key[1], "strategy": key[2], "budget": key[3], "n": len(values),
                         "evidence_coverage": round(mean, 4), "ci_lo": round(lo, 4), "ci_hi": round(hi, 4)})
+    out.mkdir(parents=True, exist_ok=True)
     with open(out / "summary.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(summary[0]))
         writer.writeheader()
