@@ -48,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from index_bench import EMBED_DIM, machine_info, replace_section, run_header  # noqa: E402
 
-STRATEGIES = ("full", "recency", "bm25", "dense", "hybrid", "oracle")
+from medalign_rag.retrieval.registry import strategy_names  # noqa: E402
+
+STRATEGIES = strategy_names()  # every registered strategy, in the order users see them
 BUDGETS = (2048, 32768)
 WARMUP = 3
 FUSED = "QueryFusionRetriever (vector + BM25, RRF) + same packing"
