@@ -5,10 +5,7 @@ token counts; against llama-cpp-python's real OpenAI server and the real local S
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,66 +15,13 @@ import pytest
 from medalign_rag.errors import MedalignError
 from medalign_rag.generation import GenerationFailed, create_generator
 from tests.serve_support import free_port, make_cohort
+from tests.test_openai_server import llama_server  # noqa: F401  (the one llama.cpp server fixture)
 
 PROMPT = "Name three primary colors, separated by commas."
-READY_TIMEOUT_S = 120
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory) -> Iterator[str]:
-    """llama-cpp-python's OpenAI server running SmolLM2 on a free loopback port (as in test_openai_server.py)."""
-    try:
-        import llama_cpp.server.app  # noqa: F401
-    except ImportError as error:
-        pytest.skip(f"llama-cpp-python with its [server] extra is not installed ({error})")
-    from medalign_rag.generation.local import find_smollm2_gguf
-
-    try:
-        gguf = find_smollm2_gguf()
-    except MedalignError as error:
-        pytest.skip(str(error))
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("llama-stream") / "server.log"
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
-               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after {READY_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        # llama-cpp-python 0.3.36's chat path crashes (SIGSEGV) on some CPUs; tests/test_openai_server.py hits it
-        # too. That is the server's bug, not the stream's: say so instead of failing on it.
-        try:
-            httpx.post(f"{base_url}/chat/completions", timeout=60, json={
-                "model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-        if process.poll() is not None:
-            pytest.skip(f"llama_cpp.server crashed on a plain chat completion (exit {process.returncode}): "
-                        "a llama-cpp-python bug on this machine")
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.mark.slow
-def test_openai_stream_yields_pieces_that_join_to_the_generated_answer(llama_server):
+def test_openai_stream_yields_pieces_that_join_to_the_generated_answer(llama_server):  # noqa: F811
     generator = create_generator("openai", base_url=llama_server, seed=0, context_length=2048)
     try:
         stream = generator.stream(PROMPT, max_tokens=24)
@@ -222,7 +166,7 @@ def parse_events(text: str) -> list[tuple[str, dict]]:
 
 
 @pytest.mark.slow
-def test_serve_streams_tokens_from_a_real_model_then_the_answer(llama_server, tmp_path):
+def test_serve_streams_tokens_from_a_real_model_then_the_answer(llama_server, tmp_path):  # noqa: F811
     from fastapi.testclient import TestClient
 
     from medalign_rag.index.builder import IndexSettings
