@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from medalign_rag.errors import MedalignError
 
@@ -104,35 +103,9 @@ class JudgeTemplate(BaseModel):
 
 def load_judge_template(path: Path | str | None = None) -> JudgeTemplate:
     """Read a judge prompt YAML (default: the packaged `medalign_rag/resources/prompts/judge.yaml`)."""
-    from medalign_rag.generation.prompt import packaged_resource
+    from medalign_rag.generation.prompt import load_yaml_model
 
-    if path is None:
-        source, text = packaged_resource(DEFAULT_JUDGE_PROMPT)
-    else:
-        source = Path(path)
-        try:
-            text = source.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise MedalignError("judge prompt file not found", path=source) from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise MedalignError(f"cannot read judge prompt: {error}", path=source) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise MedalignError(f"invalid YAML: {getattr(error, 'problem', None) or error}", path=source,
-                            line=mark.line + 1 if mark else None) from None
-    if not isinstance(data, dict):
-        raise MedalignError("a judge prompt must be a YAML mapping with 'name' and 'template'", path=source)
-    try:
-        return JudgeTemplate.model_validate(data)
-    except ValidationError as error:
-        item = error.errors()[0]
-        name = ".".join(str(part) for part in item["loc"]) or "template"
-        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
-        line = next((n for n, row in enumerate(text.splitlines(), 1) if row.startswith(f"{name.split('.')[0]}:")),
-                    None)
-        raise MedalignError(f"field {name!r}: {message}", path=source, line=line) from None
+    return load_yaml_model(JudgeTemplate, path, default=DEFAULT_JUDGE_PROMPT, what="judge prompt")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import string
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -18,6 +19,7 @@ from medalign_rag.errors import MedalignError
 from medalign_rag.tokenization import TokenCounter
 
 DEFAULT_PROMPT = "prompts/medalign.yaml"
+M = TypeVar("M", bound=BaseModel)
 
 
 def packaged_resource(name: str) -> tuple[str, str]:
@@ -89,18 +91,19 @@ class PromptTemplate(BaseModel):
         return counter.count(self.render(question, "", time_anchor))
 
 
-def load_prompt_template(path: Path | None = None) -> PromptTemplate:
-    """Read a prompt template YAML (default: the packaged MedAlign-style prompt)."""
+def load_yaml_model(model: type[M], path: Path | str | None, *, default: str, what: str) -> M:
+    """Read a YAML mapping into the pydantic `model`: the packaged resource `default` when `path` is None, else
+    the user's file. Every failure is one MedalignError naming the file and, where known, the line."""
     if path is None:
-        source, text = packaged_resource(DEFAULT_PROMPT)
+        source, text = packaged_resource(default)
     else:
         source = Path(path)
         try:
             text = source.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise MedalignError("prompt template file not found", path=source) from None
+            raise MedalignError(f"{what} file not found", path=source) from None
         except (OSError, UnicodeDecodeError) as error:
-            raise MedalignError(f"cannot read prompt template: {error}", path=source) from None
+            raise MedalignError(f"cannot read {what}: {error}", path=source) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -108,14 +111,19 @@ def load_prompt_template(path: Path | None = None) -> PromptTemplate:
         problem = getattr(error, "problem", None) or str(error)
         raise MedalignError(f"invalid YAML: {problem}", path=source, line=mark.line + 1 if mark else None) from None
     if not isinstance(data, dict):
-        raise MedalignError("a prompt template must be a YAML mapping with 'name' and 'template'", path=source)
+        raise MedalignError(f"a {what} must be a YAML mapping with 'name' and 'template'", path=source)
     try:
-        return PromptTemplate.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
         item = error.errors()[0]
         field = ".".join(str(part) for part in item["loc"]) or "template"
         message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
         raise MedalignError(f"field {field!r}: {message}", path=source, line=_line_of_key(text, field)) from None
+
+
+def load_prompt_template(path: Path | None = None) -> PromptTemplate:
+    """Read a prompt template YAML (default: the packaged MedAlign-style prompt)."""
+    return load_yaml_model(PromptTemplate, path, default=DEFAULT_PROMPT, what="prompt template")
 
 
 def _line_of_key(text: str, key: str) -> int | None:
