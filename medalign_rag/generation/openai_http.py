@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import tenacity
 from pydantic import AliasChoices, Field
 
 from medalign_rag.errors import MedalignError
@@ -210,28 +211,33 @@ class OpenAIGenerator(Generator):
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> httpx.Response:
         """One call with bounded retries; returns the final response (any status) or raises MedalignError."""
         url = f"{self.base_url}/{path}"
+        return self._send_with_retries(url, lambda: self._client.request(method, url, json=payload), MedalignError)
+
+    def _send_with_retries(self, url: str, send, failure: type[MedalignError]) -> httpx.Response:
+        """`send()` until it answers with a non-retryable status, or the attempts run out (then the last response
+        is returned, whatever its status). Connection errors are retried; a read timeout is not: a server still
+        computing would only be asked again, multiplying the wait."""
         attempts = self.options.max_retries + 1
-        for attempt in range(attempts):
-            last_try = attempt == attempts - 1
-            try:
-                response = self._client.request(method, url, json=payload)
-            except httpx.ReadTimeout:
-                # Not retried: a server still computing would only be asked again, multiplying the wait.
-                raise GenerationTimeout(
-                    f"no answer from {url} within read_timeout={self.options.read_timeout:g}s"
-                ) from None
-            except _RETRY_ERRORS as error:
-                if last_try:
-                    raise self._unreachable(attempts, error) from None
-                self._sleep_before_retry(attempt, None)
-                continue
-            except httpx.HTTPError as error:
-                raise MedalignError(f"request to {url} failed: {type(error).__name__}: {error}") from None
-            if response.status_code in _RETRY_STATUSES and not last_try:
-                self._sleep_before_retry(attempt, response.headers.get("Retry-After"))
-                continue
-            return response
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(attempts),
+            retry=tenacity.retry_if_exception_type(_RETRY_ERRORS)
+            | tenacity.retry_if_result(lambda response: response.status_code in _RETRY_STATUSES),
+            wait=self._retry_wait,
+            # A retried response is dropped unread; a streamed one holds its connection until closed.
+            before_sleep=lambda state: None if state.outcome.failed else state.outcome.result().close(),
+            retry_error_callback=lambda state: state.outcome.result(),
+            sleep=time.sleep,
+        )
+        try:
+            return retrying(send)
+        except httpx.ReadTimeout:
+            raise GenerationTimeout(
+                f"no answer from {url} within read_timeout={self.options.read_timeout:g}s"
+            ) from None
+        except _RETRY_ERRORS as error:
+            raise self._unreachable(attempts, error) from None
+        except httpx.HTTPError as error:
+            raise failure(f"request to {url} failed: {type(error).__name__}: {error}") from None
 
     def _unreachable(self, attempts: int, error: Exception) -> GenerationFailed:
         return GenerationFailed(
@@ -239,14 +245,18 @@ class OpenAIGenerator(Generator):
             f"({type(error).__name__}: {error or 'no detail'}); is it running, and is base_url right?"
         )
 
-    def _sleep_before_retry(self, attempt: int, retry_after: str | None) -> None:
-        delay = self.options.backoff_s * (2**attempt)
-        if retry_after:
-            try:
-                delay = max(delay, float(retry_after))
-            except ValueError:  # an HTTP date: fall back to our own schedule
-                pass
-        time.sleep(min(delay, self.options.backoff_max_s))
+    def _retry_wait(self, state: tenacity.RetryCallState) -> float:
+        """Doubling back-off from `backoff_s`, stretched to the server's Retry-After (in seconds) when it sends one,
+        never longer than `backoff_max_s`."""
+        delay = self.options.backoff_s * (2 ** (state.attempt_number - 1))
+        if not state.outcome.failed:
+            retry_after = state.outcome.result().headers.get("Retry-After")
+            if retry_after:
+                try:
+                    delay = max(delay, float(retry_after))
+                except ValueError:  # an HTTP date: fall back to our own schedule
+                    pass
+        return min(delay, self.options.backoff_max_s)
 
     def _json(self, response: httpx.Response) -> Any:
         try:
@@ -358,29 +368,11 @@ class OpenAIGenerator(Generator):
         """Send a streaming request with the same bounded retries as `_request`, up to the response headers only:
         once text has started to flow a retry would repeat it."""
         url = f"{self.base_url}/chat/completions"
-        attempts = self.options.max_retries + 1
-        for attempt in range(attempts):
-            last_try = attempt == attempts - 1
-            request = self._client.build_request("POST", url, json=payload)
-            try:
-                response = self._client.send(request, stream=True)
-            except httpx.ReadTimeout:
-                raise GenerationTimeout(
-                    f"no answer from {url} within read_timeout={self.options.read_timeout:g}s"
-                ) from None
-            except _RETRY_ERRORS as error:
-                if last_try:
-                    raise self._unreachable(attempts, error) from None
-                self._sleep_before_retry(attempt, None)
-                continue
-            except httpx.HTTPError as error:
-                raise GenerationFailed(f"request to {url} failed: {type(error).__name__}: {error}") from None
-            if response.status_code in _RETRY_STATUSES and not last_try:
-                response.close()
-                self._sleep_before_retry(attempt, response.headers.get("Retry-After"))
-                continue
-            return response
-        raise AssertionError("unreachable: the last attempt returns or raises")
+
+        def send() -> httpx.Response:
+            return self._client.send(self._client.build_request("POST", url, json=payload), stream=True)
+
+        return self._send_with_retries(url, send, GenerationFailed)
 
     def _stream_completion(self, prompt: str, max_tokens: int, temperature: float):
         payload: dict[str, Any] = {
