@@ -61,6 +61,9 @@ def _tokenize(texts: list[str], *, return_ids: bool = True):
 # Concept names recur across patients ("Potassium", "Heart Rate"): their vectors are computed once per process.
 _NAME_VECTORS: dict[tuple[str, str], np.ndarray] = {}
 
+MAX_CLIPPINGS = 6  # a shortened word standing for more of this patient's words than this is too vague to expand
+_VOWELS = frozenset("aeiouy")
+
 LEXICAL_WEIGHT = 0.6  # share of the lexical score in a concept's match score (the rest is dense similarity)
 MIN_DENSE_SIMILARITY = 0.45  # a concept with no lexical match must be at least this close in meaning
 MATCH_FRACTION = 0.6  # a concept matches at >= this fraction of the best concept's score
@@ -111,7 +114,10 @@ class ConceptTable:
     search_texts: list[str]
     bm25: bm25s.BM25 | None
     search_tokens: list[frozenset[str]] = field(default_factory=list)
+    vocabulary: Vocabulary | None = field(default=None, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
+    _words_by_letter: dict[str, list[str]] | None = field(default=None, repr=False)
+    _clippings: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -128,10 +134,39 @@ class ConceptTable:
                              else np.zeros((0, embedder.dimension), np.float32))
         return self._vectors
 
+    def clippings(self, word: str) -> tuple[str, ...]:
+        """This patient's (stemmed) concept words that `word`, absent from them, shortens: a clipping ("temp":
+        temperature, "micro": microbiology, "phos": phosphate, "press": pressure) or, for a word with no vowel
+        after its first letter, a contraction ("wgt": weight, "plts": platelets, "hct": hematocrit). Words the
+        abbreviation list knows are left to it; () when none, or too many to mean anything."""
+        cached = self._clippings.get(word)
+        if cached is not None:
+            return cached
+        found: tuple[str, ...] = ()
+        if len(word) >= 3 and not word.isdigit() and word not in _STOPWORD_SET and not (
+                self.vocabulary is not None and self.vocabulary.meanings(word)):
+            if self._words_by_letter is None:
+                by_letter: dict[str, set[str]] = {}
+                for tokens in self.search_tokens:
+                    for token in tokens:
+                        by_letter.setdefault(token[:1], set()).add(token)
+                self._words_by_letter = {k: sorted(v) for k, v in by_letter.items()}
+            words = self._words_by_letter.get(word[0], [])
+            if word not in words:
+                prefixed = [w for w in words if len(w) > len(word) and w.startswith(word)]
+                contracted = [] if _VOWELS & set(word[1:]) else [
+                    w for w in words if len(w) > len(word) and not w.startswith(word) and _is_subsequence(word, w)]
+                found = tuple(prefixed) if prefixed else tuple(contracted)
+                if len(found) > MAX_CLIPPINGS:
+                    found = ()
+        self._clippings[word] = found
+        return found
+
     def lexical_scores(self, query: str) -> np.ndarray:
         if self.bm25 is None:
             return np.zeros(len(self.concepts), dtype=np.float32)
         tokens = _tokenize([query], return_ids=False)[0]
+        tokens = tokens + [c for t in tokens for c in self.clippings(t)]
         if not tokens:
             return np.zeros(len(self.concepts), dtype=np.float32)
         return np.asarray(self.bm25.get_scores(tokens), dtype=np.float32)
@@ -174,10 +209,21 @@ class ConceptTable:
         if not words:
             return 0.0
         tokens = self.search_tokens[concept]
-        found = sum(1 for w in words if w in tokens)
+        found = sum(1 for w in words if w in tokens or any(c in tokens for c in self.clippings(w)))
         if meant & tokens and found < len(words):
             found += 1
         return min(1.0, found / len(words))
+
+
+def _is_subsequence(short: str, word: str) -> bool:
+    """`short`'s letters appear in `word` in order, starting with the same letter ("wgt" in "weight")."""
+    if not word.startswith(short[0]):
+        return False
+    rest = iter(word[1:])
+    return all(letter in rest for letter in short[1:])
+
+
+_STOPWORD_SET = frozenset(STOPWORDS)
 
 
 def build_concept_table(index: PatientIndex, vocabulary: Vocabulary | None = None) -> ConceptTable:
@@ -228,7 +274,8 @@ def build_concept_table(index: PatientIndex, vocabulary: Vocabulary | None = Non
     return ConceptTable(concepts=concepts, event_concept=np.asarray(event_concept, dtype=np.int64),
                         event_chunk=np.asarray(event_chunk, dtype=np.int64),
                         event_offset=np.asarray(event_offset, dtype=np.int64), event_time=event_time,
-                        search_texts=texts, bm25=model, search_tokens=[frozenset(t) for t in token_lists])
+                        search_texts=texts, bm25=model, search_tokens=[frozenset(t) for t in token_lists],
+                        vocabulary=vocabulary)
 
 
 def concept_search_text(concept: Concept, vocabulary: Vocabulary | None) -> str:
