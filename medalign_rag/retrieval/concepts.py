@@ -152,13 +152,18 @@ class ConceptTable:
                         by_letter.setdefault(token[:1], set()).add(token)
                 self._words_by_letter = {k: sorted(v) for k, v in by_letter.items()}
             words = self._words_by_letter.get(word[0], [])
-            if word not in words:
-                prefixed = [w for w in words if len(w) > len(word) and w.startswith(word)]
+            prefixed = [w for w in words if len(w) > len(word) and w.startswith(word)]
+            if word in words:
+                # the word is itself a label word here ("Temp Pacemaker Rate"): a longer word is another reading
+                # only where it stands without it ("Temperature Fahrenheit"), not as the label's own spelled-out form
+                prefixed = [w for w in prefixed if any(w in t and word not in t for t in self.search_tokens)]
+                contracted = []
+            else:
                 contracted = [] if _VOWELS & set(word[1:]) else [
                     w for w in words if len(w) > len(word) and not w.startswith(word) and _is_subsequence(word, w)]
-                found = tuple(prefixed) if prefixed else tuple(contracted)
-                if len(found) > MAX_CLIPPINGS:
-                    found = ()
+            found = tuple(prefixed) if prefixed else tuple(contracted)
+            if len(found) > MAX_CLIPPINGS:
+                found = ()
         self._clippings[word] = found
         return found
 

@@ -50,6 +50,7 @@ _SHORTHAND = [
 _VISIT_PATTERN = re.compile(
     r"\b(" + "|".join(re.escape(word) for word in sorted(VISIT_WORDS, key=len, reverse=True)) + r")\b",
     re.IGNORECASE)
+_CONTRACTION = re.compile(r"\b(what|when|where|who|how|that|it|there|here)'s\b", re.IGNORECASE)
 _SHORT_YEAR_DATE = re.compile(r"\b(?P<m>[01]?\d)/(?P<d>[0-3]?\d)/(?P<y>\d{2})\b")
 _WEEKDAY = re.compile(r"^(?:on\s+)?(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)(?:day)?\.?$", re.IGNORECASE)
 _NUMERIC_DATE = re.compile(r"\b\d{1,2}/\d{1,2}/\d{2,4}\b|\b\d{1,2}/\d{4}\b|\b\d{4}-\d\d(?:-\d\d)?\b")
@@ -80,6 +81,8 @@ def _patient_pattern() -> re.Pattern[str]:
 def normalize_shorthand(question: str, time_anchor: datetime | None) -> str:
     """Rewrite clinicians' shorthand for visits, ordinals, periods and two-digit years into plain forms."""
     text = _patient_pattern().sub("patient", question)
+    text = _CONTRACTION.sub(r"\1 is", text)  # "what's the" is "what is the", not a possessive
+    text = re.sub(r"(\d)'s\b", r"\1", text)  # "patient 10014354's weight"
     text = _VISIT_PATTERN.sub(lambda m: VISIT_WORDS[m.group(1).lower()], text)
     # "1st adm" is an ordinal, "Mar 3rd" / "the 3rd of March" a date: only the former is rewritten
     text = re.sub(r"\b(1st|2nd|3rd|4th)\b(?!\s+of\b)",

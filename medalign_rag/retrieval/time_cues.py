@@ -97,7 +97,7 @@ _KIND_WORDS = (r"(?P<kind>hospital|inpatient|icu|intensive care(?: unit)?|emerge
 _VISIT_NOUN = r"(?P<noun>visits?|encounters?|stays?|admissions?|hospitali[sz]ations?)"
 _VISIT_ORDINAL = [
     # "the first stay of patient 10007928 in the icu", "the last stay in days of patient 1 in the icu"
-    re.compile(r"\b" + _ORDINAL_WORDS + r"\s+(?P<noun>stay|visit|admission)\s+(?:\S+\s+){0,5}?in\s+the\s+"
+    re.compile(r"\b" + _ORDINAL_WORDS + r"\s+(?P<noun>stay|visit|admission)\s+(?:\S+\s+){0,5}?in\s+(?:the\s+)?"
                + _KIND_WORDS + r"\b"),
     re.compile(r"\b" + _ORDINAL_WORDS + r"\s+(?:" + _KIND_WORDS + r"\s+)?" + _VISIT_NOUN + r"\b"),
 ]

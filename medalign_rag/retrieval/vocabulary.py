@@ -223,6 +223,11 @@ class Vocabulary:
                 for part in token.split("/"):
                     if part:
                         extra.extend(self.meanings(part))
+        # a kind named by a shortening ("meds", "rx'd", "dx") also reads as its canonical words, which every
+        # concept of that kind carries in its search text
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        extra.extend(KIND_LABELS[kind] for kind in sorted(kinds_named(text), key=lambda k: k.value)
+                     if not words & set(KIND_LABELS[kind].split()))
         if visits:
             extra.extend(visit for word, visit in VISIT_WORDS.items()
                          if re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE))
