@@ -171,10 +171,21 @@ class ConceptTable:
         if self.bm25 is None:
             return np.zeros(len(self.concepts), dtype=np.float32)
         tokens = _tokenize([query], return_ids=False)[0]
-        tokens = tokens + [c for t in tokens for c in self.clippings(t)]
         if not tokens:
             return np.zeros(len(self.concepts), dtype=np.float32)
-        return np.asarray(self.bm25.get_scores(tokens), dtype=np.float32)
+        scores = np.asarray(self.bm25.get_scores(tokens), dtype=np.float32)
+        for token in dict.fromkeys(tokens):
+            readings = self.clippings(token)
+            if not readings:
+                continue
+            # the readings of one shortened word are alternatives ("micro": microbiology or microcytes), weighed
+            # alike: each reading's scores scaled to the strongest reading's best, so a rarer reading does not
+            # outweigh a common one by its rarity alone
+            per_reading = [np.asarray(self.bm25.get_scores([r]), dtype=np.float32) for r in readings]
+            strongest = max(float(r.max()) for r in per_reading)
+            if strongest > 0:
+                scores += np.max([r / r.max() * strongest if r.max() > 0 else r for r in per_reading], axis=0)
+        return scores
 
     def match(self, query: str, *, expansions: Iterable[str] = (), embedder: Embedder | None = None,
               lexical_weight: float = LEXICAL_WEIGHT, min_dense: float = MIN_DENSE_SIMILARITY,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from functools import lru_cache
 from datetime import datetime, timedelta
 
 from medalign_rag.dates import add_months
@@ -33,7 +32,7 @@ from medalign_rag.retrieval.time_cues import (
     TemporalCues,
     parse_temporal_cues,
 )
-from medalign_rag.retrieval.vocabulary import VISIT_WORDS, packaged_abbreviations
+from medalign_rag.retrieval.vocabulary import VISIT_WORDS, patient_pattern
 
 _ORDINALS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth"}
 _SHORTHAND = [
@@ -65,22 +64,9 @@ def _century_near(two_digits: int, anchor: datetime | None) -> int:
     return year - 100 if year > reference else year
 
 
-@lru_cache(maxsize=1)
-def _patient_pattern() -> re.Pattern[str]:
-    """Abbreviations the packaged list gives "patient" as a meaning of ("pt"), when they name the patient: right
-    before an id number or as a possessive ("pt 10014354", "pt. 123", "pt's"). Elsewhere "PT" may be a lab."""
-    words = sorted((a for a, meanings in packaged_abbreviations().items()
-                    if " " not in a and any(m.lower() in ("patient", "patients") for m in meanings)),
-                   key=len, reverse=True)
-    if not words:
-        return re.compile(r"(?!)")
-    return re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")s?\.?(?=\s*\d|'s\b|\s*#\s*\d)",
-                      re.IGNORECASE)
-
-
 def normalize_shorthand(question: str, time_anchor: datetime | None) -> str:
     """Rewrite clinicians' shorthand for visits, ordinals, periods and two-digit years into plain forms."""
-    text = _patient_pattern().sub("patient", question)
+    text = patient_pattern().sub("patient", question)
     text = _CONTRACTION.sub(r"\1 is", text)  # "what's the" is "what is the", not a possessive
     text = re.sub(r"(\d)'s\b", r"\1", text)  # "patient 10014354's weight"
     text = _VISIT_PATTERN.sub(lambda m: VISIT_WORDS[m.group(1).lower()], text)

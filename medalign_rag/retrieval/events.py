@@ -121,7 +121,7 @@ class EventsRetriever(PatientRetriever):
         newest_first = cues.direction != "first"
         head = _by_time(table, strong, newest_first) + _by_time(table, weak, newest_first)
 
-        ranked_chunks = [p for p, _ in self.text.rank(query)]
+        ranked_chunks = [p for p, _ in self.text.rank(self.vocabulary.readable(query, ASKING_WORDS))]
         order: list[EventPosition] = []
         seen: set[EventPosition] = set()
 

