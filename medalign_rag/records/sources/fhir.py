@@ -432,6 +432,27 @@ class FhirSource:
     def patient_ids(self) -> list[str]:
         return sorted(self._index())
 
+    def vocabulary_terms(self) -> list:
+        """CodeSystem / ValueSet resources among the files (displays, designations) and a `vocabulary/` folder
+        beside them (records/source_vocabulary.py). Only files that start with a terminology resource are read."""
+        from medalign_rag.records.source_vocabulary import VOCABULARY_DIRNAME, fhir_terminology_terms, folder_terms
+
+        resources: list[dict] = []
+        for path in self.files:
+            try:
+                with open(path, "rb") as handle:
+                    head = handle.read(2048)
+            except OSError:
+                continue
+            if b'"CodeSystem"' not in head and b'"ValueSet"' not in head and b'"Bundle"' not in head:
+                continue
+            if path.suffix.lower() == ".ndjson":
+                resources.extend(r for _, _, r in _iter_ndjson(path) if r["resourceType"] in ("CodeSystem", "ValueSet"))
+            elif b'"Bundle"' not in head:
+                resources.append(_load_json(path))
+        folder = self.path.parent if self.path.is_file() else self.path
+        return fhir_terminology_terms(resources) + folder_terms(folder / VOCABULARY_DIRNAME)
+
     def _files_of(self, patient_id: str) -> _PatientFiles:
         check_patient_id(patient_id, path=str(self.path))
         found = self._index().get(patient_id)

@@ -124,6 +124,12 @@ class DataFolder:
     def load_record(self, patient_id: str) -> PatientRecord:
         return read_record(self.record_path(patient_id), patient_id=patient_id)
 
+    def vocabulary_terms(self) -> list:
+        """The source's dictionaries in a `vocabulary/` folder beside the records (records/source_vocabulary.py)."""
+        from medalign_rag.records.source_vocabulary import VOCABULARY_DIRNAME, folder_terms
+
+        return folder_terms(self.root / VOCABULARY_DIRNAME)
+
     def fingerprint(self, patient_id: str) -> str:
         """What an index or a stored result of this patient is keyed on: the record file's sha256."""
         return file_sha256(self.record_path(patient_id))

@@ -171,6 +171,14 @@ class MedsSource:
             self._names = names
         return self._names
 
+    def vocabulary_terms(self) -> list:
+        """codes.parquet descriptions (category: the code's vocabulary) and a `vocabulary/` folder beside `data/`."""
+        from medalign_rag.records.source_vocabulary import VOCABULARY_DIRNAME, folder_terms
+        from medalign_rag.retrieval.vocabulary import SourceTerm
+
+        terms = [SourceTerm(description, (), _prefix(code)) for code, description in self._code_names().items()]
+        return terms + folder_terms(self.path / VOCABULARY_DIRNAME)
+
     def _subject_index(self) -> dict[str, list[_Location]]:
         """subject id -> where its rows are: (shard, row group, first row, row count) per run of its rows.
 

@@ -226,6 +226,23 @@ class OmopSource:
     def model_responses(self) -> list[ModelResponse]:
         return []
 
+    def vocabulary_terms(self) -> list:
+        """`concept_synonym` joined to `concept`: each concept's synonyms as its other names ([] without it)."""
+        from medalign_rag.retrieval.vocabulary import SourceTerm
+
+        if not {"concept_id", "concept_synonym_name"} <= self._columns.get("concept_synonym", set()):
+            return []
+        rows = self._query("SELECT c.concept_name, s.concept_synonym_name, " + self._column("concept", "domain_id", "c")
+                           + " FROM concept_synonym s JOIN concept c ON c.concept_id = s.concept_id"
+                           " WHERE s.concept_synonym_name IS NOT NULL AND c.concept_name IS NOT NULL")
+        synonyms: dict[str, list[str]] = {}
+        domains: dict[str, str] = {}
+        for name, synonym, domain in rows:
+            if str(synonym) != str(name):
+                synonyms.setdefault(str(name), []).append(str(synonym))
+                domains[str(name)] = str(domain or "")
+        return [SourceTerm(name, tuple(dict.fromkeys(found)), domains[name]) for name, found in synonyms.items()]
+
     def fingerprint(self, patient_id: str) -> str:
         """sha256 of every row the patient's record is made from (with their concept names)."""
         digest = hashlib.sha256()
