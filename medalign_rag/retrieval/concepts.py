@@ -160,7 +160,8 @@ class ConceptTable:
                 contracted = []
             else:
                 contracted = [] if _VOWELS & set(word[1:]) else [
-                    w for w in words if len(w) > len(word) and not w.startswith(word) and _is_subsequence(word, w)]
+                    w for w in words if len(w) > len(word) and not w.startswith(word)
+                    and (_is_subsequence(word, w) or (word.endswith("s") and _is_subsequence(word[:-1], w)))]
             found = tuple(prefixed) if prefixed else tuple(contracted)
             if len(found) > MAX_CLIPPINGS:
                 found = ()

