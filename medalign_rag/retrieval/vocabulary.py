@@ -224,10 +224,10 @@ class Vocabulary:
                 for part in token.split("/"):
                     if part:
                         extra.extend(self.meanings(part))
-        # a kind named by a shortening ("meds", "rx'd", "dx") also reads as its canonical words, which every
-        # concept of that kind carries in its search text
+        # a kind named only by a shortening ("meds", "rx'd", "dx") also reads as its canonical word, which every
+        # concept of that kind carries in its search text (one word: it weighs like the written form's)
         words = set(re.findall(r"[a-z]+", text.lower()))
-        extra.extend(KIND_LABELS[kind] for kind in sorted(kinds_named(text), key=lambda k: k.value)
+        extra.extend(KIND_LABELS[kind].split()[0] for kind in sorted(kinds_named(text), key=lambda k: k.value)
                      if not words & set(KIND_LABELS[kind].split()))
         if visits:
             extra.extend(visit for word, visit in VISIT_WORDS.items()
