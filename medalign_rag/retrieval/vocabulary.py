@@ -245,7 +245,9 @@ class Vocabulary:
 
     def readable(self, text: str, asking_words: frozenset[str] = frozenset()) -> str:
         """`text` for text retrieval: an abbreviation naming the patient ("pt 123") read as "patient", and what
-        its other abbreviations, kind shortenings and visit words stand for appended."""
+        its other abbreviations, kind shortenings and visit words stand for appended (the visit words help the
+        question as written too: "hospital stay" also reads "hospital visit"). A text that changes is encoded
+        again for dense retrieval: one more query encoding."""
         extra = self.meanings_in(text, asking_words=asking_words)
         text = patient_pattern().sub("patient", text)
         return text if not extra else f"{text} ({'; '.join(extra)})"
