@@ -8,6 +8,12 @@ otherwise. Intervals are clustered by patient: 1000 bootstrap resamples of patie
     python benchmarks/ablation/events/run_events.py --data data/mimic_fhir --index-dir indexes/mimic_fhir \
         --vocabulary ../shared/data/mimic_iv_demo [--synthetic /tmp/synth_cf]
 
+Clinicians' shorthand is measured twice: on this project's rewrites of the tune part (`shorthand_tune.csv`,
+make_shorthand.py; the strategy was tuned on them) and on a second, independent rewriter's rewrites of the test part
+(`shorthand_test.csv`, make_shorthand_test.py; `--shorthand-test`; never used for tuning). The source's own
+vocabulary reaches `events` through the record source (`vocabulary_terms()`, e.g. a `vocabulary/` folder beside
+`ehrs/` holding MIMIC's d_items/d_labitems); `--vocabulary` adds folders through `$MEDALIGN_RAG_VOCABULARY`.
+
 Per-item results go to `items.jsonl` in the output folder's `work/` (resumable, not committed); `summary.csv` and
 `report.md` are written from them.
 """
