@@ -102,12 +102,12 @@ KIND_LABELS: dict[EventKind, str] = {
 
 # Shortenings of everyday clinical charting that a medical-abbreviation list does not carry because they are
 # clippings of ordinary words rather than abbreviations ("micro" for microbiology, "proc" for procedure).
+# Clippings of words the patient's own concept names hold ("micro", "temp", "phos") are read against those names
+# (concepts.ConceptTable.clippings), not listed here.
 CLINICAL_SHORTENINGS: dict[str, str] = {
-    "micro": "microbiology", "proc": "procedure", "procs": "procedures", "labs": "lab tests", "lab": "lab test",
-    "meds": "medications", "med": "medication", "d/c": "discharge", "dc'd": "discharged", "uop": "urine output",
-    "vitals": "vital signs", "temp": "temperature", "wt": "weight", "ht": "height", "bicarb": "bicarbonate",
-    "phos": "phosphate", "trop": "troponin", "lytes": "electrolytes",
-    "sx": "surgery", "hx": "history", "fx": "fracture", "rxn": "reaction", "abx": "antibiotics",
+    "lab": "lab test", "med": "medication", "dc'd": "discharged", "uop": "urine output", "vitals": "vital signs",
+    "trop": "troponin", "lytes": "electrolytes", "sx": "surgery", "hx": "history", "fx": "fracture",
+    "rxn": "reaction", "abx": "antibiotics",
 }
 
 # The usual words for visits, rewritten to the forms the time-cue rules read ("hospital visit", "icu stay",
