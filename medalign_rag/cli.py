@@ -205,14 +205,15 @@ def _check_strategy(value: str) -> str:
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", help="Folder to write ehrs/*.xml and the instruction table into."),
+    out: Path = typer.Option(..., "--out", help="Folder to write medalign_ehr_xml/<person_id>.xml and the release's "
+                             "two instruction tables into."),
     patients: int = typer.Option(20, "--patients", min=1, help="Number of synthetic patients."),
     seed: int = typer.Option(7, "--seed", help="Random seed: the same seed gives byte-identical files."),
     copy_forward: float = typer.Option(
         0.0, "--copy-forward", min=0.0, max=1.0,
         help="Share of notes that start with a copy of the patient's previous note of that kind, as real notes do."),
 ) -> None:
-    """Write a deterministic synthetic cohort in MedAlign's release layout."""
+    """Write a deterministic synthetic cohort in MedAlign's release layout (numeric person ids 990000001, ...)."""
     from medalign_rag.datasets.synthetic import generate_cohort
 
     summary = generate_cohort(out, n_patients=patients, seed=seed, progress=True, copy_forward=copy_forward)
@@ -478,22 +479,23 @@ def demo(
     run.index.index_dir = out / "indexes"
     generator = None if run.backend == "none" else make_generator(run.backend, run)
     _run_and_print(run, out / "report", generator)
+    first_patient = open_data(run.data, run.data_format).patient_ids()[0]  # an earlier demo's cohort may be reused
     stdout.print(f"try:    medalign-rag ask --data {run.data} --index-dir {run.index.index_dir} "
-                 f"--patient synth-0001 \"What was the most recent hemoglobin A1c?\" --backend {backend}")
+                 f"--patient {first_patient} \"What was the most recent hemoglobin A1c?\" --backend {backend}")
 
 
 @convert_app.command("mimic-iv-demo")
 def convert_mimic(
     src: Path = typer.Option(..., "--src", help="The MIMIC-IV demo folder (hosp/, icu/)."),
     meds: Optional[Path] = typer.Option(None, "--meds", help="The MEDS parquet (ICU chart events), file or folder."),
-    out: Path = typer.Option(..., "--out", help="Output data folder (ehrs/*.xml)."),
+    out: Path = typer.Option(..., "--out", help="Output data folder (medalign_ehr_xml/<subject_id>.xml)."),
     tasks: Optional[Path] = typer.Option(None, "--tasks", help="Also convert FHIR-AgentBench questions (dev.csv)."),
 ) -> None:
     """MIMIC-IV demo -> timelines in the release layout (and, with --tasks, FHIR-AgentBench instructions)."""
     from medalign_rag.datasets.mimic_iv_demo import convert_mimic_iv_demo
 
     summary = convert_mimic_iv_demo(src, _meds_file(meds), out, progress=True)
-    console.print(f"converted {len(list((out / 'ehrs').glob('*.xml')))} patients to {out} "
+    console.print(f"converted {summary.n_patients} patients to {out} "
                   f"in {summary.seconds:.1f} s", highlight=False)
     if tasks is not None:
         _convert_fhir(tasks, out, src, meds, write_records=False)

@@ -14,10 +14,13 @@ import pytest
 from medalign_rag.datasets.synthetic import (
     INSTRUCTIONS_FILENAME,
     LENGTH_TIERS,
+    MODEL_RESPONSES_FILENAME,
+    RELEASE_EHRS_DIRNAME,
     CohortSummary,
     evidence_depths,
     generate_cohort,
     generate_patient,
+    synthetic_patient_id,
 )
 from medalign_rag.errors import MedalignError
 from medalign_rag.records.instructions import read_instruction_table
@@ -34,7 +37,7 @@ def cohort(tmp_path_factory) -> tuple[Path, CohortSummary, dict[str, PatientReco
     """The default cohort (20 patients, seed 7), read back from disk with the project's own readers."""
     out = tmp_path_factory.mktemp("synthetic-cohort")
     summary = generate_cohort(out, n_patients=20, seed=7)
-    records = {path.stem: read_record(path) for path in sorted((out / "ehrs").glob("*.xml"))}
+    records = {path.stem: read_record(path) for path in sorted((out / RELEASE_EHRS_DIRNAME).glob("*.xml"))}
     instructions = read_instruction_table(out / INSTRUCTIONS_FILENAME)
     return out, summary, records, instructions
 
@@ -58,20 +61,62 @@ def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
     generate_cohort(tmp_path / "a", n_patients=5, seed=3)
     generate_cohort(tmp_path / "b", n_patients=5, seed=3)
     first, second = _file_bytes(tmp_path / "a"), _file_bytes(tmp_path / "b")
-    assert sorted(first) == [INSTRUCTIONS_FILENAME] + [f"ehrs/synth-000{i}.xml" for i in range(1, 6)]
+    assert sorted(first) == sorted([INSTRUCTIONS_FILENAME, MODEL_RESPONSES_FILENAME]
+                                   + [f"{RELEASE_EHRS_DIRNAME}/99000000{i}.xml" for i in range(1, 6)])
     assert first == second
 
 
-def test_default_cohort_is_unchanged_by_the_copy_forward_option(tmp_path: Path) -> None:
-    """The files from before `copy_forward` existed (digest of seed 3's records), with the option off or omitted."""
+def _as_old_ids(text: str) -> str:
+    """Numeric synthetic ids written back in the form of the first layout (990000001 -> synth-0001)."""
+    return re.sub(r"\b99(\d{7})\b", lambda match: f"synth-{int(match.group(1)):04d}", text)
+
+
+def test_default_cohort_is_unchanged_by_the_copy_forward_option_and_the_numeric_ids(tmp_path: Path) -> None:
+    """The records from before `copy_forward` and numeric ids existed (digest of seed 3's records, taken with the
+    `ehrs/synth-0001.xml` names), with the option off or omitted: only the ids changed."""
     generate_cohort(tmp_path / "omitted", n_patients=3, seed=3)
     generate_cohort(tmp_path / "off", n_patients=3, seed=3, copy_forward=0.0)
     assert _file_bytes(tmp_path / "omitted") == _file_bytes(tmp_path / "off")
     digest = hashlib.sha256()
-    for path in sorted((tmp_path / "off" / "ehrs").glob("*.xml")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    for path in sorted((tmp_path / "off" / RELEASE_EHRS_DIRNAME).glob("*.xml")):
+        digest.update(_as_old_ids(path.name).encode())
+        digest.update(_as_old_ids(path.read_text(encoding="utf-8")).encode())
     assert digest.hexdigest() == "0d7b7dd672da62ec6176a22d29fec32284d669c0b1f4362ab6a5f54298ea3458"
+
+
+def test_patient_content_does_not_depend_on_its_id() -> None:
+    """Ids only name things: the same draws under two ids give the same record and questions apart from ids."""
+    first, first_questions = generate_patient(random.Random(5), "990000001", length_tier="short")
+    second, second_questions = generate_patient(random.Random(5), "synth-0001", length_tier="short")
+    assert render_record(first).replace("990000001", "ID") == render_record(second).replace("synth-0001", "ID")
+    assert ([item.question for item in first_questions] == [item.question for item in second_questions])
+    assert ([item.reference_answers for item in first_questions]
+            == [item.reference_answers for item in second_questions])
+
+
+def test_synthetic_ids_are_numeric_fixed_width_and_bounded() -> None:
+    assert [synthetic_patient_id(n) for n in (1, 20, 9999)] == ["990000001", "990000020", "990009999"]
+    for bad in (0, 10_000, True, "1"):
+        with pytest.raises(MedalignError, match="synthetic patient number"):
+            synthetic_patient_id(bad)
+
+
+def test_cohort_refuses_a_folder_with_older_layout_records(tmp_path: Path) -> None:
+    """Records in both `ehrs/` and `medalign_ehr_xml/` would not open; the writer says so before writing."""
+    (tmp_path / "ehrs").mkdir()
+    (tmp_path / "ehrs" / "synth-0001.xml").write_text("<eventstream person_id='synth-0001'></eventstream>")
+    with pytest.raises(MedalignError, match="older layout") as caught:
+        generate_cohort(tmp_path, n_patients=1, seed=3)
+    assert str(tmp_path / "ehrs") in str(caught.value)
+    assert not (tmp_path / RELEASE_EHRS_DIRNAME).exists()
+
+
+def test_written_files_are_readable_by_other_users(tmp_path: Path) -> None:
+    """Atomic writes start from mkstemp's 0600; a cohort is shared data, so every file is 0644."""
+    generate_cohort(tmp_path / "cohort", n_patients=2, seed=3)
+    files = [path for path in (tmp_path / "cohort").rglob("*") if path.is_file()]
+    assert len(files) == 4
+    assert {path.name: path.stat().st_mode & 0o777 for path in files} == {path.name: 0o644 for path in files}
 
 
 def test_different_seeds_give_different_cohorts(tmp_path: Path) -> None:
@@ -81,13 +126,13 @@ def test_different_seeds_give_different_cohorts(tmp_path: Path) -> None:
 
 
 def test_generate_patient_is_a_function_of_its_rng() -> None:
-    one = generate_patient(random.Random(11), "synth-0042", length_tier="short")
-    two = generate_patient(random.Random(11), "synth-0042", length_tier="short")
+    one = generate_patient(random.Random(11), "990000042", length_tier="short")
+    two = generate_patient(random.Random(11), "990000042", length_tier="short")
     assert one == two
     record, instructions = one
-    assert record.patient_id == "synth-0042"
+    assert record.patient_id == "990000042"
     assert 6 <= len(instructions) <= 10
-    assert all(item.patient_id == "synth-0042" for item in instructions)
+    assert all(item.patient_id == "990000042" for item in instructions)
 
 
 # ----------------------------------------------------------------------------------------------- the files
@@ -96,7 +141,7 @@ def test_generate_patient_is_a_function_of_its_rng() -> None:
 def test_layout_and_read_back(cohort) -> None:
     out, summary, records, instructions = cohort
     ids = [patient.patient_id for patient in summary.patients]
-    assert ids == [f"synth-{i:04d}" for i in range(1, 21)]
+    assert ids == [str(990_000_000 + i) for i in range(1, 21)]
     assert sorted(records) == ids
     for patient in summary.patients:
         record = records[patient.patient_id]
@@ -112,6 +157,11 @@ def test_layout_and_read_back(cohort) -> None:
     text = (out / INSTRUCTIONS_FILENAME).read_text(encoding="utf-8")
     header = next(csv.reader([text.splitlines()[0]], delimiter="\t"))
     assert header[:6] == ["instruction_id", "question", "person_id", "filename", "clinician_response", "annotator_num"]
+    rows = list(csv.DictReader(text.splitlines(), delimiter="\t"))
+    assert {row["annotator_num"] for row in rows} == {"Annotator_1"}
+    questions = list(csv.DictReader((out / MODEL_RESPONSES_FILENAME).read_text(encoding="utf-8").splitlines(),
+                                    delimiter="\t"))
+    assert [row["instruction_id"] for row in questions] == [item.instruction_id for item in instructions]
 
 
 def test_records_have_realistic_coded_content(cohort) -> None:
@@ -334,7 +384,7 @@ def test_evidence_depth_metadata_matches_the_record(cohort) -> None:
 def test_event_line_numbers_point_at_each_events_line(cohort) -> None:
     """`evidence_depths` weighs lines by `event_line_numbers`; notes span several lines, so count them right."""
     _, _, records, _ = cohort
-    record = records["synth-0001"]
+    record = records[synthetic_patient_id(1)]
     events = _events(record)
     assert any("\n" in (ev.text or "") for ev in events)
     for include_ids in (True, False):
@@ -375,7 +425,7 @@ def test_bad_patient_count_is_refused(tmp_path: Path, bad) -> None:
 
 def test_unknown_tier_and_unsafe_id_are_refused() -> None:
     with pytest.raises(MedalignError, match="tier"):
-        generate_patient(random.Random(1), "synth-0001", length_tier="gigantic")
+        generate_patient(random.Random(1), "990000001", length_tier="gigantic")
     with pytest.raises(MedalignError):
         generate_patient(random.Random(1), "../escape", length_tier="short")
 
@@ -417,7 +467,7 @@ def _share_repeating_the_previous_note(records: dict[str, PatientRecord], overla
 def copied_cohort(tmp_path_factory) -> tuple[dict[str, PatientRecord], list[Instruction]]:
     out = tmp_path_factory.mktemp("copied-forward-cohort")
     generate_cohort(out, n_patients=20, seed=7, copy_forward=0.3)
-    records = {path.stem: read_record(path) for path in sorted((out / "ehrs").glob("*.xml"))}
+    records = {path.stem: read_record(path) for path in sorted((out / RELEASE_EHRS_DIRNAME).glob("*.xml"))}
     return records, read_instruction_table(out / INSTRUCTIONS_FILENAME)
 
 

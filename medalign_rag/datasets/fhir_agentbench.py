@@ -366,13 +366,15 @@ def convert_fhir_agentbench(
     write_records: bool = True,
     subject_ids: Iterable[str | int] | None = None,
 ) -> EvidenceResolution:
-    """Turn FHIR-AgentBench questions into `data_dir/clinician-instruction-responses.tsv`.
+    """Turn FHIR-AgentBench questions into the release's two tables in `data_dir`:
+    `clinician-instruction-responses.tsv` (answers as `Annotator_1`) and `clinician-reviewed-model-responses.tsv`
+    (every question, no model responses), as MedHELM's reader takes them.
 
     Also writes `data_dir/evidence_resolution.json` and, with `write_records`, the records of the questions'
-    patients to `data_dir/ehrs/<subject_id>.xml` (converted from `mimic_src` and `meds` in the same pass, so
+    patients to `data_dir/medalign_ehr_xml/<subject_id>.xml` (converted from `mimic_src` and `meds` in the same pass, so
     evidence ids and record ids agree). `subject_ids` keeps only those patients' questions.
     """
-    from medalign_rag.records.instructions import write_instruction_table
+    from medalign_rag.records.instructions import write_release_tables
 
     tasks_csv, data_dir = Path(tasks_csv), Path(data_dir)
     tasks = read_tasks(tasks_csv)
@@ -404,7 +406,7 @@ def convert_fhir_agentbench(
 
     if write_records:
         resolution.records = write_mimic_records(data, data_dir, progress=progress)
-    write_instruction_table(instructions, data_dir / "clinician-instruction-responses.tsv")
+    write_release_tables(instructions, data_dir)
     atomic_write_text(
         data_dir / "evidence_resolution.json", json.dumps(resolution.to_json_dict(), indent=2, sort_keys=False) + "\n"
     )

@@ -3,7 +3,8 @@
 Sources: the demo's gzipped CSV tables (`hosp/`, `icu/`) and, for ICU chart events (vitals, ventilator settings,
 scores), which the CSV copy lacks, the "MIMIC-IV demo data in MEDS" event stream (parquet).
 
-Layout of a converted record (one `ehrs/<subject_id>.xml` per patient):
+Layout of a converted record (one `medalign_ehr_xml/<subject_id>.xml` per patient, the release's folder name;
+subject ids are numeric like the release's person ids):
 
 * one encounter per hospital admission (`hadm-<hadm_id>`, admittime..dischtime) holding everything MIMIC links to
   that admission: admission/discharge, transfers and ICU stays (as visit events), diagnoses, procedures, labs,
@@ -910,11 +911,13 @@ def _progress_context(progress: bool):
 def write_mimic_records(
     data: MimicEvents, out: Path, *, progress: bool = False, count_tokens: bool = False, started: float | None = None
 ) -> ConversionSummary:
-    """Write `out/ehrs/<subject_id>.xml` for every patient in `data`."""
+    """Write `out/medalign_ehr_xml/<subject_id>.xml` for every patient in `data`."""
     from medalign_rag.records.serialize import render_record, write_release_xml
+    from medalign_rag.records.sources.medalign_xml import release_records_dir
 
     started = time.perf_counter() if started is None else started
     out = Path(out)
+    records_dir = release_records_dir(out)
     counter = None
     if count_tokens:
         from medalign_rag.tokenization import default_counter
@@ -926,7 +929,7 @@ def write_mimic_records(
     with _progress_context(progress) as bar:
         task = bar.add_task("writing records", total=n_patients) if bar is not None else None
         for record in build_records(data):
-            write_release_xml(record, out / "ehrs" / f"{record.patient_id}.xml")
+            write_release_xml(record, records_dir / f"{record.patient_id}.xml")
             n_encounters += len(record.encounters)
             n_events += record.n_events
             if counter is not None:
@@ -968,7 +971,7 @@ def convert_mimic_iv_demo(
     subject_ids: Iterable[str | int] | None = None,
     count_tokens: bool = False,
 ) -> ConversionSummary:
-    """Write `out/ehrs/<subject_id>.xml` for every demo patient (or those in `subject_ids`).
+    """Write `out/medalign_ehr_xml/<subject_id>.xml` for every demo patient (or those in `subject_ids`).
 
     `src` is the demo folder (holding hosp/ and icu/), `meds` the MEDS parquet with ICU chart events (None leaves
     them out). With `count_tokens`, each record's size is measured in tokens of the default counter.

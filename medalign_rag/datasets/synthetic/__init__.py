@@ -26,11 +26,15 @@ clinicians' summaries, copied-forward notes), `simulator` (scheduling and care d
 
 from medalign_rag.datasets.synthetic.cohort import (
     INSTRUCTIONS_FILENAME,
+    MODEL_RESPONSES_FILENAME,
+    RELEASE_EHRS_DIRNAME,
+    SYNTHETIC_ID_BASE,
     CohortSummary,
     PatientSummary,
     SyntheticPatient,
     generate_cohort,
     generate_patient,
+    synthetic_patient_id,
 )
 from medalign_rag.datasets.synthetic.instructions import evidence_depths
 from medalign_rag.datasets.synthetic.vocabulary import LENGTH_TIERS
@@ -38,10 +42,14 @@ from medalign_rag.datasets.synthetic.vocabulary import LENGTH_TIERS
 __all__ = [
     "INSTRUCTIONS_FILENAME",
     "LENGTH_TIERS",
+    "MODEL_RESPONSES_FILENAME",
+    "RELEASE_EHRS_DIRNAME",
+    "SYNTHETIC_ID_BASE",
     "CohortSummary",
     "PatientSummary",
     "SyntheticPatient",
     "evidence_depths",
     "generate_cohort",
     "generate_patient",
+    "synthetic_patient_id",
 ]

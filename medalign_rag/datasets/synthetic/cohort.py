@@ -16,10 +16,24 @@ from medalign_rag.datasets.synthetic.notes import CopyForward
 from medalign_rag.datasets.synthetic.simulator import Simulator
 from medalign_rag.datasets.synthetic.vocabulary import LENGTH_TIERS, TIER_SHARES
 from medalign_rag.errors import MedalignError
-from medalign_rag.records.dataset import INSTRUCTIONS_FILENAME
+from medalign_rag.records.dataset import INSTRUCTIONS_FILENAME, MODEL_RESPONSES_FILENAME, RELEASE_EHRS_DIRNAME
 from medalign_rag.records.model import Instruction, PatientRecord, check_patient_id
 from medalign_rag.records.serialize import write_release_xml
 from medalign_rag.tokenization import TokenCounter, default_counter
+
+# Synthetic person ids are numbers, as the release's are (MedHELM's reader turns each file name into an int):
+# SYNTHETIC_ID_BASE + the patient's 1-based number, so patient 1 is 990000001 and patient 9999 is 990009999.
+# Every id has nine digits, so text order is number order; the 99... range is far from MIMIC-IV's subject ids
+# (10,000,000-19,999,999), so a synthetic and a MIMIC patient never share an id.
+SYNTHETIC_ID_BASE = 990_000_000
+MAX_SYNTHETIC_PATIENTS = 9999
+
+
+def synthetic_patient_id(number: int) -> str:
+    """The id of the `number`-th (1-based) patient of a synthetic cohort: `990000001` for 1."""
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_SYNTHETIC_PATIENTS:
+        raise MedalignError(f"a synthetic patient number runs from 1 to {MAX_SYNTHETIC_PATIENTS}, got {number!r}")
+    return str(SYNTHETIC_ID_BASE + number)
 
 
 class PatientSummary(BaseModel):
@@ -151,10 +165,16 @@ def generate_cohort(
 ) -> CohortSummary:
     """Write a synthetic cohort in MedAlign's release layout and return what was written.
 
-    `out_dir/ehrs/synth-0001.xml ...` (release XML with event ids) and `out_dir/clinician-instruction-responses.tsv`
-    (one row per reference answer, with time anchor, evidence event ids, category and metadata). The same
-    `n_patients` and `seed` always give byte-identical files. Files of other patients already in `out_dir/ehrs`
-    are left alone.
+    The release's own layout, which MedHELM's MedAlign reader opens as it is:
+    `out_dir/medalign_ehr_xml/990000001.xml ...` (release XML with event ids; numeric person ids, see
+    `synthetic_patient_id`), `out_dir/clinician-instruction-responses.tsv` (one row per reference answer,
+    `annotator_num` `Annotator_1`, with time anchor, evidence event ids, category and metadata) and
+    `out_dir/clinician-reviewed-model-responses.tsv` (every question, no model responses). The same `n_patients`
+    and `seed` always give byte-identical files. Files of other patients already in `out_dir/medalign_ehr_xml`
+    are left alone; an `out_dir/ehrs/` of the older layout holding records is refused.
+
+    A patient's content is drawn from (seed, its position) alone, never from its id, so the ids could change
+    without changing any record.
 
     `copy_forward` (0 to 1) is the chance that a note opens with a large span copied from the patient's previous
     note of the same kind before its own new text, as real notes do (see `notes.CopyForward`). 0 writes no copies
@@ -162,28 +182,26 @@ def generate_cohort(
     on a copy; with copying on, each instruction's `metadata["evidence_copied_to"]` maps its evidence ids to the
     later notes that copied a span of them, so an evaluation can credit a copy if it wants to.
     """
-    from medalign_rag.records.instructions import write_instruction_table
+    from medalign_rag.records.instructions import write_release_tables
+    from medalign_rag.records.sources.medalign_xml import release_records_dir
 
     if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < 1:
         raise MedalignError(f"n_patients must be a positive whole number, got {n_patients!r}", path=out_dir)
-    if n_patients > 9999:
-        raise MedalignError(f"n_patients must be at most 9999 (ids are synth-0001..synth-9999), got {n_patients}",
-                            path=out_dir)
+    if n_patients > MAX_SYNTHETIC_PATIENTS:
+        raise MedalignError(
+            f"n_patients must be at most {MAX_SYNTHETIC_PATIENTS} (ids are {synthetic_patient_id(1)}.."
+            f"{synthetic_patient_id(MAX_SYNTHETIC_PATIENTS)}), got {n_patients}", path=out_dir)
     if isinstance(copy_forward, bool) or not isinstance(copy_forward, (int, float)) or not 0 <= copy_forward <= 1:
         raise MedalignError(f"copy_forward must be a share from 0 to 1, got {copy_forward!r}", path=out_dir)
     counter = counter or default_counter()
     out_dir = Path(out_dir)
-    ehr_dir = out_dir / "ehrs"
-    try:
-        ehr_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise MedalignError(f"cannot create the output folder: {error}", path=ehr_dir) from error
+    ehr_dir = release_records_dir(out_dir)
 
     tiers = _assign_tiers(n_patients, random.Random(f"medalign-rag-synthetic-tiers:{seed}"))
     summary = CohortSummary(out_dir=str(out_dir), seed=seed, token_counter=counter.name)
     all_instructions: list[Instruction] = []
     for index, tier in enumerate(tiers):
-        patient_id = check_patient_id(f"synth-{index + 1:04d}")
+        patient_id = synthetic_patient_id(index + 1)
         copier = CopyForward(_patient_rng(seed, index, "-copy-forward"), copy_forward) if copy_forward else None
         patient = _generate(_patient_rng(seed, index), patient_id, tier, counter, copier)
         write_release_xml(patient.record, ehr_dir / f"{patient_id}.xml")
@@ -207,7 +225,7 @@ def generate_cohort(
             print(f"[{index + 1}/{n_patients}] {patient_id}: {tier}, {len(record.encounters)} encounters, "
                   f"{record.n_events} events, {patient.n_tokens} tokens, {len(patient.instructions)} instructions",
                   file=sys.stderr, flush=True)
-    write_instruction_table(all_instructions, out_dir / INSTRUCTIONS_FILENAME)
+    write_release_tables(all_instructions, out_dir)
     summary.n_instructions = len(all_instructions)
     summary.evidence_depths = [float(item.metadata["evidence_depth"]) for item in all_instructions]
     return summary

@@ -37,6 +37,7 @@ __all__ = [
     "EHRS_DIRNAMES",
     "EHRS_DIRNAME",
     "RELEASE_EHRS_DIRNAME",
+    "release_records_dir",
     "INSTRUCTIONS_FILENAME",
     "MODEL_RESPONSES_FILENAME",
 ]
@@ -155,6 +156,28 @@ class DataFolder:
         """The clinician-reviewed model responses, or [] when the folder has none."""
         path = self.model_responses_path
         return read_model_responses(path) if self.single_file is None and path.is_file() else []
+
+
+def release_records_dir(root: str | os.PathLike) -> Path:
+    """Where a writer (`synth`, the converters) puts records in `root`: `root/medalign_ehr_xml/`, created.
+
+    A folder whose `ehrs/` already holds XML records (written in the older layout) is refused: records in both
+    folders would not open (`open_data_folder`), and mixing them would silently drop one half.
+    """
+    root = Path(root)
+    target = root / RELEASE_EHRS_DIRNAME
+    older = root / EHRS_DIRNAME
+    if older.is_dir() and any(_is_record_file(p) for p in older.glob("*.xml")):
+        raise MedalignError(
+            f"{EHRS_DIRNAME}/ already holds XML records of the older layout; records are now written to "
+            f"{RELEASE_EHRS_DIRNAME}/: write to a new folder, or move {EHRS_DIRNAME}/ away first",
+            path=older,
+        )
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedalignError(f"cannot create the output folder: {error.strerror or error}", path=target) from None
+    return target
 
 
 def open_data_folder(path: str | os.PathLike) -> DataFolder:
