@@ -145,7 +145,7 @@ def test_known_ids_occur_in_dev_questions(shared_data: Path) -> None:
 
 def test_records_carry_source_keys_names_values_and_units(shared_data: Path, fhir_dir: Path) -> None:
     src, _, _ = _paths(shared_data)
-    events = _events_by_id(fhir_dir / "ehrs" / "10007928.xml")
+    events = _events_by_id(fhir_dir / "medalign_ehr_xml" / "10007928.xml")
 
     # Labs: id from labevent_id, name from d_labitems, value and unit from the row.
     labs = _read_demo(src, "hosp/labevents")
@@ -187,7 +187,7 @@ def test_records_carry_source_keys_names_values_and_units(shared_data: Path, fhi
     assert events["xfer-39661025"].text == "Emergency Department"
 
     # Admissions are encounters; the patient block carries demographics.
-    root = ET.parse(fhir_dir / "ehrs" / "10007928.xml").getroot()
+    root = ET.parse(fhir_dir / "medalign_ehr_xml" / "10007928.xml").getroot()
     encounter_ids = [encounter.get("id") for encounter in root.iter("encounter")]
     assert "hadm-20338077" in encounter_ids
     hadm = next(e for e in root.iter("encounter") if e.get("id") == "hadm-20338077")
@@ -203,7 +203,7 @@ def test_redacted_lab_values_fall_back_to_valuenum(shared_data: Path, fhir_dir: 
     labs = labs[labs["subject_id"].isin(SUBJECTS)]
     redacted = labs[(labs["value"] == "___") & labs["valuenum"].notna()]
     assert len(redacted) > 10
-    records = {subject: _events_by_id(fhir_dir / "ehrs" / f"{subject}.xml") for subject in SUBJECTS}
+    records = {subject: _events_by_id(fhir_dir / "medalign_ehr_xml" / f"{subject}.xml") for subject in SUBJECTS}
     for row in redacted.itertuples():
         element = records[row.subject_id][f"lab-{row.labevent_id}"]
         assert float(element.get("value")) == pytest.approx(float(row.valuenum))
@@ -222,7 +222,7 @@ def test_patient_demographics_event(shared_data: Path, fhir_dir: Path) -> None:
     src, _, _ = _paths(shared_data)
     patients = _read_demo(src, "hosp/patients").set_index("subject_id")
     for subject in SUBJECTS:
-        root = ET.parse(fhir_dir / "ehrs" / f"{subject}.xml").getroot()
+        root = ET.parse(fhir_dir / "medalign_ehr_xml" / f"{subject}.xml").getroot()
         stamps = [entry.get("timestamp") for entry in root.iter("entry")]
         entry = next(e for e in root.iter("entry") if any(ev.get("id") == f"patient-{subject}" for ev in e))
         assert entry.get("timestamp") == min(stamps)  # dated at the first recorded event: no anchor hides it
@@ -237,13 +237,13 @@ def test_outpatient_days_and_direct_conversion_agree(shared_data: Path, fhir_dir
     summary = convert_mimic_iv_demo(src, meds, tmp_path, subject_ids=["10016150"])
     assert summary.n_patients == 1
     assert summary.events_by_table["omr"] > 0 and summary.events_by_table["chartevents"] > 0
-    written = (tmp_path / "ehrs" / "10016150.xml").read_bytes()
+    written = (tmp_path / "medalign_ehr_xml" / "10016150.xml").read_bytes()
     # Same conversion through the FHIR-AgentBench path: byte-identical (ids are deterministic).
-    assert written == (fhir_dir / "ehrs" / "10016150.xml").read_bytes()
-    events = _events_by_id(tmp_path / "ehrs" / "10016150.xml")
+    assert written == (fhir_dir / "medalign_ehr_xml" / "10016150.xml").read_bytes()
+    events = _events_by_id(tmp_path / "medalign_ehr_xml" / "10016150.xml")
     bp = events["omr-10016150-21410710-1-blood-pressure"]
     assert (bp.get("name"), bp.text) == ("Blood Pressure", "138/83")
-    root = ET.parse(tmp_path / "ehrs" / "10016150.xml").getroot()
+    root = ET.parse(tmp_path / "medalign_ehr_xml" / "10016150.xml").getroot()
     outpatient = [e for e in root.iter("encounter") if e.get("id").startswith("outpatient-10016150-")]
     assert outpatient and all(e.get("type") == "outpatient" for e in outpatient)
     starts = [e.get("start_timestamp") for e in root.iter("encounter")]
@@ -266,7 +266,7 @@ def test_evidence_resolution(shared_data: Path, fhir_dir: Path) -> None:
 
     instructions = read_instruction_table(fhir_dir / "clinician-instruction-responses.tsv")
     assert {i.patient_id for i in instructions} == set(SUBJECTS)
-    record_events = {subject: _events_by_id(fhir_dir / "ehrs" / f"{subject}.xml") for subject in SUBJECTS}
+    record_events = {subject: _events_by_id(fhir_dir / "medalign_ehr_xml" / f"{subject}.xml") for subject in SUBJECTS}
     with_evidence = [i for i in instructions if i.evidence_event_ids]
     assert len(with_evidence) == report["questions_resolved"]
     for instruction in with_evidence:
@@ -297,6 +297,18 @@ def test_evidence_resolution(shared_data: Path, fhir_dir: Path) -> None:
     for instruction in careunit:
         assert all(e.startswith("xfer-") for e in instruction.evidence_event_ids)
     assert careunit
+
+
+def test_converted_questions_open_in_medhelms_reader(shared_data: Path, fhir_dir: Path) -> None:
+    """The converter writes the release's layout: MedHELM's reader finds every question that has an answer."""
+    pytest.importorskip("pandas")
+    from tests.medhelm_reader import read_like_medhelm
+
+    instructions = read_instruction_table(fhir_dir / "clinician-instruction-responses.tsv")
+    answered = [i for i in instructions if i.reference_answers]
+    instances = read_like_medhelm(fhir_dir)
+    assert answered and [x.instruction_id for x in instances] == [i.instruction_id for i in answered]
+    assert {x.patient_id for x in instances} == {int(s) for s in SUBJECTS}
 
 
 def test_known_ids_resolve_in_converted_records(shared_data: Path, tmp_path: Path) -> None:
