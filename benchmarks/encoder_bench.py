@@ -78,7 +78,7 @@ def main() -> None:
     info = machine_info(" ".join(["python", "benchmarks/encoder_bench.py", *sys.argv[1:]]))
     work = args.out or Path(tempfile.mkdtemp(prefix="encoder-bench-"))
     cohort = work / f"cohort-{args.patients}-{args.seed}"
-    if not (cohort / "ehrs").is_dir():
+    if not any((cohort / name).is_dir() for name in ("medalign_ehr_xml", "ehrs")):  # either layout
         generate_cohort(cohort, args.patients, args.seed)
     per_patient = cohort_windows(cohort)
     model = load_sentence_model("all-MiniLM-L6-v2")

@@ -582,7 +582,7 @@ def main() -> None:
     from medalign_rag.datasets.synthetic import generate_cohort
 
     cohort = work / f"cohort-{n_patients}-{args.seed}"
-    if not (cohort / "ehrs").is_dir():
+    if not any((cohort / name).is_dir() for name in ("medalign_ehr_xml", "ehrs")):  # either layout
         generate_cohort(cohort, n_patients, args.seed)
     for name in ("ours-index", "llama-index"):
         shutil.rmtree(work / name, ignore_errors=True)

@@ -96,7 +96,7 @@ def grow_and_reindex(pipeline, data, patient_id: str, work: Path) -> dict:
     })
     grown = record.model_copy(update={"encounters": [*record.encounters, new_encounter]})
     folder = work / "grown"
-    write_release_xml(grown, folder / "ehrs" / f"{patient_id}.xml")
+    write_release_xml(grown, folder / "medalign_ehr_xml" / f"{patient_id}.xml")
     grown_data = open_data_folder(folder)
     builder = pipeline.builder
     misses = builder.embedder.cache.misses if builder.embedder.cache is not None else 0
@@ -153,7 +153,7 @@ def main() -> None:
     from medalign_rag.retrieval import make_retriever
 
     cohort = work / f"cohort-{args.patients}-{args.seed}"
-    if not (cohort / "ehrs").is_dir():
+    if not any((cohort / name).is_dir() for name in ("medalign_ehr_xml", "ehrs")):  # either layout
         generate_cohort(cohort, args.patients, args.seed)
     data = open_data_folder(cohort)
     pipeline = Pipeline(data, IndexSettings(index_dir=work / "indexes"))  # the default (fastest validated) encoder

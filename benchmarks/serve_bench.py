@@ -64,7 +64,7 @@ def build_data(work: Path) -> tuple[Path, str, dict[str, int], list[str]]:
     from medalign_rag.tokenization import default_counter
 
     cohort = work / "cohort"
-    if not (cohort / "ehrs").is_dir():
+    if not any((cohort / name).is_dir() for name in ("medalign_ehr_xml", "ehrs")):  # either layout
         generate_cohort(cohort, n_patients=50, seed=7)
     folder = open_data_folder(cohort)
     counter = default_counter()
@@ -73,9 +73,9 @@ def build_data(work: Path) -> tuple[Path, str, dict[str, int], list[str]]:
     big = max(sorted(tokens), key=lambda pid: tokens[pid])  # the longest record (~120k tokens)
     small = sorted((pid for pid in tokens if pid != big), key=lambda pid: (tokens[pid], pid))[:SMALL_PATIENTS]
     data = work / "serve-data"
-    (data / "ehrs").mkdir(parents=True, exist_ok=True)
+    (data / "medalign_ehr_xml").mkdir(parents=True, exist_ok=True)
     for pid in [big, *small]:
-        shutil.copyfile(folder.record_path(pid), data / "ehrs" / f"{pid}.xml")
+        shutil.copyfile(folder.record_path(pid), data / "medalign_ehr_xml" / f"{pid}.xml")
     questions = sorted({i.question for i in folder.instructions()})
     return data, big, {pid: tokens[pid] for pid in [big, *small]}, questions
 
