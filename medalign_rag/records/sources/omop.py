@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from medalign_rag.errors import MedalignError
 from medalign_rag.records.model import (
@@ -332,8 +332,9 @@ class OmopSource:
         return by_patient
 
     def _concept(self, table: str, concept_id: Any, name: Any, vocabulary: Any, code: Any,
-                 source_value: Any, where: str) -> tuple[str | None, str | None]:
-        """(code, name) of a concept; an id missing from `concept` stays as `OMOP/<id>`, named as unknown."""
+                 source_value: Any, where: str | Callable[[], str]) -> tuple[str | None, str | None]:
+        """(code, name) of a concept; an id missing from `concept` stays as `OMOP/<id>`, named as unknown.
+        `where` (the row, for the warning) may be a function, so that it is only formatted when needed."""
         if name is not None:
             return (f"{vocabulary}/{code}" if vocabulary and code else None), str(name)
         source = _text(source_value)
@@ -342,7 +343,7 @@ class OmopSource:
             # Concept 0 is OMOP's "no matching concept": the source value is all there is.
             return None, source or "unmapped"
         self.warnings.add(f"{table}: concept id missing from the concept table (kept as unknown)",
-                          f"{where} concept {concept}")
+                          f"{where() if callable(where) else where} concept {concept}")
         return f"OMOP/{concept}", f"unknown concept {concept}" + (f" ({source})" if source else "")
 
     def _record(self, patient_id: str, rows: dict[str, list[tuple]]) -> PatientRecord:
@@ -380,37 +381,43 @@ class OmopSource:
             )
         day_encounters: dict[date, Encounter] = {}
         seen: set[str] = set()
+        warn = self.warnings.add
+        # Per row, each id is turned into text once and the row's "where" (for warnings) is only built on a
+        # warning: at ~80 rows per patient these small costs were most of the read (profiled on GiBleed).
         for table in self._tables:
             n_times = len(table.time_columns)
-            for row in rows.get(table.name, []):
-                row_id, concept_id, name, vocabulary, code, visit_id, source_value = row[:7]
-                times = row[7:7 + n_times]
-                rest = row[7 + n_times:]
-                named = dict(zip(table.named_concepts, rest[: len(table.named_concepts)]))
-                plain = dict(zip(table.plain, rest[len(table.named_concepts):]))
-                where = f"{where_base}: {table.name} {_row_id(row_id)}"
-                if _row_id(row_id) is None:
-                    self.warnings.add(f"{table.name}: row without an id skipped", where)
+            n_named = len(table.named_concepts)
+            missing_visit = f"{table.name}: visit_occurrence_id not found (event placed by its day)"
+            for row in rows.get(table.name, ()):
+                row_id = _row_id(row[0])
+                if row_id is None:
+                    warn(f"{table.name}: row without an id skipped", f"{where_base}: {table.name} None")
                     continue
-                event_id = f"{table.prefix}-{_row_id(row_id)}"
+                event_id = f"{table.prefix}-{row_id}"
                 if event_id in seen:
                     # Ids must be unique per table; keep the row under a made-up id rather than lose it.
-                    self.warnings.add(f"{table.name}: duplicate id (kept as <id>-dup<n>)", where)
+                    warn(f"{table.name}: duplicate id (kept as <id>-dup<n>)", f"{where_base}: {table.name} {row_id}")
                     copy = 2
                     while f"{event_id}-dup{copy}" in seen:
                         copy += 1
                     event_id = f"{event_id}-dup{copy}"
                 seen.add(event_id)
-                stamp = next((s for s in (_timestamp(t) for t in times) if s is not None), None)
+                stamp = None
+                for value in row[7:7 + n_times]:
+                    stamp = _timestamp(value)
+                    if stamp is not None:
+                        break
                 if stamp is None:
-                    self.warnings.add(f"{table.name}: row without a date skipped", where)
+                    warn(f"{table.name}: row without a date skipped", f"{where_base}: {table.name} {row_id}")
                     continue
-                event = self._event(table, event_id, stamp, concept_id, name, vocabulary, code, source_value,
-                                    named, plain, where)
-                encounter = encounters.get(f"visit-{_row_id(visit_id)}") if _row_id(visit_id) else None
-                if encounter is None and _row_id(visit_id) not in (None, "0"):
-                    self.warnings.add(f"{table.name}: visit_occurrence_id not found (event placed by its day)", where)
+                rest = row[7 + n_times:]
+                event = self._event(table, event_id, stamp, row, rest[:n_named], rest[n_named:],
+                                    f"{where_base}: {table.name}", row_id)
+                visit_id = _row_id(row[5])
+                encounter = encounters.get(f"visit-{visit_id}") if visit_id else None
                 if encounter is None:
+                    if visit_id not in (None, "0"):
+                        warn(missing_visit, f"{where_base}: {table.name} {row_id}")
                     encounter = day_encounters.get(stamp.date())
                     if encounter is None:
                         encounter = day_encounters[stamp.date()] = Encounter(
@@ -427,35 +434,44 @@ class OmopSource:
             raise MedalignError(f"OMOP person {patient_id!r} has no visits or dated clinical rows", path=self.path)
         return PatientRecord(patient_id=patient_id, demographics=demographics, encounters=ordered)
 
-    def _event(self, table: _Table, event_id: str, stamp: datetime, concept_id, name, vocabulary, code,
-               source_value, named: dict, plain: dict, where: str) -> Event:
+    def _event(self, table: _Table, event_id: str, stamp: datetime, row: tuple, named_values: tuple,
+               plain_values: tuple, where_table: str, row_id: str) -> Event:
+        """One clinical row as an event: `row` starts (id, concept id, name, vocabulary, code, visit, source)."""
+        _, concept_id, name, vocabulary, code, _, source_value = row[:7]
+        named = dict(zip(table.named_concepts, named_values))
+        plain = dict(zip(table.plain, plain_values))
         if table.kind is EventKind.note:
             type_name = _text(name)
             title = _text(plain.get("note_title"))
             return Event(event_id=event_id, timestamp=stamp, kind=EventKind.note, name=title or type_name,
                          text=_text(plain.get("note_text")))
-        code, name = self._concept(table.name, concept_id, name, vocabulary, code, source_value, where)
+        code, name = self._concept(table.name, concept_id, name, vocabulary, code, source_value,
+                                   lambda: f"{where_table} {row_id}")
         value = unit = text = None
         if table.kind in (EventKind.measurement, EventKind.observation):
             value = _text(plain.get("value_as_number"))
-            if value is not None and _text(named.get("operator_concept_id")) in ("<", ">", "<=", ">="):
-                value = f"{named['operator_concept_id']}{value}"
+            if value is not None:
+                operator = _text(named.get("operator_concept_id"))
+                if operator in ("<", ">", "<=", ">="):
+                    value = f"{named['operator_concept_id']}{value}"
             value = value or _text(plain.get("value_as_string")) or _text(named.get("value_as_concept_id"))
             unit = _text(named.get("unit_concept_id")) or _text(plain.get("unit_source_value"))
             low, high = _text(plain.get("range_low")), _text(plain.get("range_high"))
             if low or high:
                 text = f"normal range {low or ''}-{high or ''}"
         elif table.kind is EventKind.drug:
+            quantity, days = _text(plain.get("quantity")), _text(plain.get("days_supply"))
             parts = [
-                f"quantity {_text(plain.get('quantity'))}" if _text(plain.get("quantity")) else None,
-                f"{_text(plain.get('days_supply'))} days" if _text(plain.get("days_supply")) not in (None, "0")
-                else None,
+                f"quantity {quantity}" if quantity else None,
+                f"{days} days" if days not in (None, "0") else None,
                 _text(named.get("route_concept_id")),
                 _text(plain.get("sig")),
             ]
             text = "; ".join(p for p in parts if p) or None
-        elif table.kind is EventKind.condition and _text(plain.get("stop_reason")):
-            text = f"stop reason: {_text(plain['stop_reason'])}"
+        elif table.kind is EventKind.condition:
+            stop_reason = _text(plain.get("stop_reason"))
+            if stop_reason:
+                text = f"stop reason: {stop_reason}"
         return Event(event_id=event_id, timestamp=stamp, kind=table.kind, code=code, name=name, value=value,
                      unit=unit, text=text)
 
