@@ -138,3 +138,35 @@ def test_missing_tables_and_columns_are_clear_errors(tmp_path: Path) -> None:
     broken.write_text("not a database")
     with pytest.raises(MedalignError, match="cannot open the OMOP database"):
         open_source(broken)
+
+
+def test_blocks_read_from_person_partitions_give_each_person_exactly_their_rows(gibleed: Path) -> None:
+    """Persons are read a block at a time from sorted per-table partitions: small blocks (many boundaries,
+    person ids not all contiguous) give the same records as the default block and as each person's own rows."""
+    default = OmopSource(gibleed)
+    small = OmopSource(gibleed)
+    small.BLOCK_SIZE = 7
+    ids = default.patient_ids()[:40]
+    con = duckdb.connect(str(gibleed), read_only=True)
+    expected = dict(con.execute(
+        "SELECT person_id, count(*) FROM condition_occurrence WHERE person_id IN (SELECT person_id FROM person "
+        "ORDER BY person_id LIMIT 40) GROUP BY person_id").fetchall())
+    con.close()
+    for patient_id in ids:
+        record = small.load_record(patient_id)
+        assert record == default.load_record(patient_id)
+        assert small.fingerprint(patient_id) == default.fingerprint(patient_id)
+        conditions = [e for _, e in record.iter_events() if e.kind is EventKind.condition]
+        assert len(conditions) == expected.get(int(patient_id), 0)
+
+
+def test_text_person_ids_read_too(tmp_path: Path) -> None:
+    """Person ids that are not numbers (a CSV CDM may hold any text) are read without the numeric range."""
+    folder = _cdm54(tmp_path / "cdm")
+    for name in ("person.csv", "visit_occurrence.csv", "measurement.csv", "note.csv"):
+        path = folder / name
+        path.write_text(path.read_text().replace(",42,", ",p-42,").replace("\n42,", "\np-42,"))
+    source = OmopSource(folder)
+    assert source.patient_ids() == ["p-42"]
+    record = source.load_record("p-42")
+    assert {e.event_id for _, e in record.iter_events()} == {"visit-7", "meas-1", "meas-2", "meas-3", "note-5"}

@@ -13,13 +13,15 @@ Only `person` and `concept` are required. Names come from `concept` (`VOCABULARY
 `concept` lacks keeps its id as the code (`OMOP/<id>`) and is named as unknown (counted, not an error). A clinical
 table that lacks a column we need is skipped with a counted warning (Eunomia's GiBleed ships a placeholder `note`
 table); a missing column of `person` or `concept` is an error. Events without a visit, or whose visit is missing,
-are grouped per calendar day. Each patient is read with one query per table (lazily: nothing is loaded at open).
+are grouped per calendar day. Patients are read lazily, a block of consecutive persons at a time, from per-table
+person partitions (sorted temporary tables with concept names joined, built on first use; see `_partition_rows`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -87,6 +89,8 @@ _VISIT_COLUMNS = ("visit_occurrence_id", "visit_concept_id", "visit_start_dateti
 # Optional visit columns: 5.3 names, then 5.4 names.
 _VISIT_NAMED = ("discharge_to_concept_id", "discharged_to_concept_id", "admitting_source_concept_id",
                 "admitted_from_concept_id")
+_NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                  "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE"}
 _PERSON_REQUIRED = ("person_id", "gender_concept_id", "year_of_birth", "race_concept_id", "ethnicity_concept_id")
 _CONCEPT_REQUIRED = ("concept_id", "concept_name", "vocabulary_id", "concept_code")
 
@@ -154,6 +158,8 @@ class OmopSource:
         self.path = Path(path)
         self.warnings = SourceWarnings()
         self._lock = threading.Lock()
+        # Where the person partitions spill when they outgrow memory (removed with this object).
+        self._spill = tempfile.TemporaryDirectory(prefix="medalign-rag-omop-")
         try:
             if self.path.is_file():
                 self._db = duckdb.connect(str(self.path), read_only=True)
@@ -161,6 +167,7 @@ class OmopSource:
                 self._db = duckdb.connect()
                 for table, file in _table_files(self.path).items():
                     self._db.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {_reader(file)}')
+            self._db.execute("SET temp_directory = ?", [self._spill.name])
         except duckdb.Error as exc:
             raise MedalignError(f"cannot open the OMOP database: {str(exc).splitlines()[0]}", path=self.path) from None
         self._columns = self._schema()
@@ -187,6 +194,7 @@ class OmopSource:
         )
         self._ids: list[str] | None = None
         self._block: dict[str, dict[str, list[tuple]]] = {}
+        self._partitions: dict[str, bool] = {}  # table -> its person partition exists (value: person_id is numeric)
 
     def _schema(self) -> dict[str, set[str]]:
         rows = self._db.execute(
@@ -279,57 +287,74 @@ class OmopSource:
 
     def _read_block(self, block_ids: list[str]) -> dict[str, dict[str, list[tuple]]]:
         keys = [int(pid) if pid.isdigit() else pid for pid in block_ids]
-        marks = ", ".join("?" for _ in keys)
         by_patient: dict[str, dict[str, list[tuple]]] = {pid: {} for pid in block_ids}
 
-        def fetch(name: str, sql: str) -> None:
+        def fetch(name: str, columns: list[str], source: str, order: str) -> None:
             for pid in block_ids:
                 by_patient[pid][name] = []
-            for row in self._query(sql, keys):
+            for row in self._partition_rows(name, columns, source, order, keys):
                 pid = _row_id(row[0])
                 if pid in by_patient:
                     by_patient[pid][name].append(row[1:])
 
-        fetch("person", f"""SELECT p.person_id, p.year_of_birth, {self._column('person', 'month_of_birth', 'p')},
-                       {self._column('person', 'day_of_birth', 'p')}, {self._column('person', 'birth_datetime', 'p')},
-                       g.concept_name, r.concept_name, e.concept_name,
-                       {self._column('person', 'gender_source_value', 'p')},
-                       {self._column('person', 'race_source_value', 'p')},
-                       {self._column('person', 'ethnicity_source_value', 'p')}
-                FROM person p
+        fetch("person", ["p.person_id", "p.year_of_birth", self._column("person", "month_of_birth", "p"),
+                         self._column("person", "day_of_birth", "p"), self._column("person", "birth_datetime", "p"),
+                         "g.concept_name", "r.concept_name", "e.concept_name",
+                         self._column("person", "gender_source_value", "p"),
+                         self._column("person", "race_source_value", "p"),
+                         self._column("person", "ethnicity_source_value", "p")],
+              """person p
                 LEFT JOIN concept g ON g.concept_id = NULLIF(p.gender_concept_id, 0)
                 LEFT JOIN concept r ON r.concept_id = NULLIF(p.race_concept_id, 0)
-                LEFT JOIN concept e ON e.concept_id = NULLIF(p.ethnicity_concept_id, 0)
-                WHERE p.person_id IN ({marks})""")
+                LEFT JOIN concept e ON e.concept_id = NULLIF(p.ethnicity_concept_id, 0)""", "ALL")
         if self._has_visits:
             v = "visit_occurrence"
             named = [c for c in _VISIT_NAMED if c in self._columns[v]]
             joins = "".join(f" LEFT JOIN concept n{i} ON n{i}.concept_id = NULLIF(t.{c}, 0)" for i, c in enumerate(named))
-            names = "".join(f", n{i}.concept_name" for i in range(len(named)))
-            fetch(v, f"""SELECT t.person_id, t.visit_occurrence_id, t.visit_concept_id, c.concept_name, c.vocabulary_id,
-                           c.concept_code, {self._column(v, 'visit_start_datetime')}, t.visit_start_date,
-                           {self._column(v, 'visit_end_datetime')}, {self._column(v, 'visit_end_date')}{names}
-                    FROM visit_occurrence t LEFT JOIN concept c ON c.concept_id = t.visit_concept_id{joins}
-                    WHERE t.person_id IN ({marks})
-                    ORDER BY t.person_id, t.visit_start_date, t.visit_occurrence_id""")
+            fetch(v, ["t.person_id", "t.visit_occurrence_id", "t.visit_concept_id", "c.concept_name", "c.vocabulary_id",
+                      "c.concept_code", self._column(v, "visit_start_datetime"), "t.visit_start_date",
+                      self._column(v, "visit_end_datetime"), self._column(v, "visit_end_date"),
+                      *(f"n{i}.concept_name" for i in range(len(named)))],
+                  f"visit_occurrence t LEFT JOIN concept c ON c.concept_id = t.visit_concept_id{joins}",
+                  "c0, c7, c1")  # person, visit_start_date, visit_occurrence_id
         for table in self._tables:
             n = table.name
-            times = ", ".join(self._column(n, c) for c in table.time_columns)
-            named = table.named_concepts
             joins = "".join(
                 f" LEFT JOIN concept n{i} ON n{i}.concept_id = NULLIF({self._column(n, c)}, 0)"
-                for i, c in enumerate(named)
+                for i, c in enumerate(table.named_concepts)
             )
-            names = "".join(f", n{i}.concept_name" for i in range(len(named)))
-            plain = "".join(f", {self._column(n, c)}" for c in table.plain)
-            source = self._column(n, table.source_column) if table.source_column else "NULL"
-            fetch(n, f"""SELECT t.person_id, t.{table.id_column}, t.{table.concept_column}, c.concept_name,
-                           c.vocabulary_id, c.concept_code, {self._column(n, 'visit_occurrence_id')}, {source},
-                           {times}{names}{plain}
-                    FROM {n} t LEFT JOIN concept c ON c.concept_id = t.{table.concept_column}{joins}
-                    WHERE t.person_id IN ({marks})
-                    ORDER BY ALL""")
+            fetch(n, ["t.person_id", f"t.{table.id_column}", f"t.{table.concept_column}", "c.concept_name",
+                      "c.vocabulary_id", "c.concept_code", self._column(n, "visit_occurrence_id"),
+                      self._column(n, table.source_column) if table.source_column else "NULL",
+                      *(self._column(n, c) for c in table.time_columns),
+                      *(f"n{i}.concept_name" for i in range(len(table.named_concepts))),
+                      *(self._column(n, c) for c in table.plain)],
+                  f"{n} t LEFT JOIN concept c ON c.concept_id = t.{table.concept_column}{joins}", "ALL")
         return by_patient
+
+    def _partition_rows(self, name: str, columns: list[str], source: str, order: str, keys: list) -> list[tuple]:
+        """The rows of `keys`' persons from one table, read from its person partition.
+
+        A partition is the table's columns we read, with their concept names joined once, sorted by person_id
+        into a temporary duckdb table on first use. A block's query then reads only the row groups that hold its
+        persons (duckdb keeps min/max per row group) instead of scanning and joining the whole table again for
+        every block. Temporary tables live in duckdb's buffer pool, which spills to a private temporary folder,
+        so a database larger than memory still reads.
+        """
+        partition = f"_medalign_rag_{name}"
+        numeric = self._partitions.get(name)
+        if numeric is None:
+            selected = ", ".join(f"{column} AS c{i}" for i, column in enumerate(columns))
+            self._query(f'CREATE TEMP TABLE "{partition}" AS SELECT {selected} FROM {source} ORDER BY c0')
+            kind = self._query(f'SELECT typeof(c0) FROM "{partition}" WHERE c0 IS NOT NULL LIMIT 1')
+            numeric = bool(kind) and (kind[0][0] in _NUMERIC_TYPES or kind[0][0].startswith("DECIMAL"))
+            self._partitions[name] = numeric
+        marks = ", ".join("?" for _ in keys)
+        if numeric and all(isinstance(key, int) for key in keys):
+            # The range lets duckdb skip row groups; the IN list keeps the exact persons.
+            return self._query(f'SELECT * FROM "{partition}" WHERE c0 BETWEEN ? AND ? AND c0 IN ({marks}) '
+                               f"ORDER BY {order}", [min(keys), max(keys), *keys])
+        return self._query(f'SELECT * FROM "{partition}" WHERE c0 IN ({marks}) ORDER BY {order}', keys)
 
     def _concept(self, table: str, concept_id: Any, name: Any, vocabulary: Any, code: Any,
                  source_value: Any, where: str | Callable[[], str]) -> tuple[str | None, str | None]:
