@@ -5,7 +5,7 @@ The front door, for the few names most users need::
     from medalign_rag import AnswerRequest, Pipeline, open_data
 
     pipeline = Pipeline(open_data("cohort"))
-    answer = pipeline.answer([AnswerRequest(patient_id="990000001", question="Most recent A1c?", budget=4096)])[0]
+    answer = pipeline.answer([AnswerRequest(patient_id="9900000000001", question="Most recent A1c?", budget=4096)])[0]
 
 Heavy libraries (torch, faiss, llama-index) load when a name that needs them is first used.
 """

@@ -213,7 +213,7 @@ def synth(
         0.0, "--copy-forward", min=0.0, max=1.0,
         help="Share of notes that start with a copy of the patient's previous note of that kind, as real notes do."),
 ) -> None:
-    """Write a deterministic synthetic cohort in MedAlign's release layout (numeric person ids 990000001, ...)."""
+    """Write a deterministic synthetic cohort in MedAlign's release layout (numeric person ids 9900000000001, ...)."""
     from medalign_rag.datasets.synthetic import generate_cohort
 
     summary = generate_cohort(out, n_patients=patients, seed=seed, progress=True, copy_forward=copy_forward)

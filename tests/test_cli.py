@@ -34,7 +34,7 @@ def test_synth_is_deterministic_and_inspect_reports_every_patient(cohort, tmp_pa
     result = cli("inspect", "--data", str(cohort), "--json")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert [p["patient_id"] for p in payload["patients"]] == [f"99000000{i}" for i in range(1, 5)]
+    assert [p["patient_id"] for p in payload["patients"]] == [f"990000000000{i}" for i in range(1, 5)]
     assert all(p["encounters"] > 0 and p["events"] > 0 and p["tokens"] > 0 for p in payload["patients"])
     assert payload["instructions"] > 0
 
@@ -72,7 +72,7 @@ def test_a_path_like_patient_id_is_refused(cohort):
 
 def test_missing_instruction_column_is_named(cohort, tmp_path):
     (tmp_path / "ehrs").mkdir()
-    (tmp_path / "ehrs" / "p.xml").write_bytes((cohort / "medalign_ehr_xml" / "990000001.xml").read_bytes())
+    (tmp_path / "ehrs" / "p.xml").write_bytes((cohort / "medalign_ehr_xml" / "9900000000001.xml").read_bytes())
     (tmp_path / "clinician-instruction-responses.tsv").write_text("instruction_id\tperson_id\n1\tp\n")
     result = cli("inspect", "--data", str(tmp_path), "--json")
     assert result.returncode != 0
@@ -96,7 +96,7 @@ def test_index_then_ask_every_strategy_stays_within_budget(cohort, tmp_path):
     for strategy in ("full", "recency", "bm25", "dense", "hybrid", "temporal", "oracle"):
         for budget in (2048, 32768):
             result = runner.invoke(app, ["ask", "--data", str(cohort), "--index-dir", str(index_dir), "--patient",
-                                         "990000001", "What was the most recent hemoglobin A1c?", "--strategy",
+                                         "9900000000001", "What was the most recent hemoglobin A1c?", "--strategy",
                                          strategy, "--budget", str(budget), "--backend", "none", "--json"])
             assert result.exit_code == 0, result.output
             payload = json.loads(result.stdout)

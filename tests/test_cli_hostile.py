@@ -48,7 +48,7 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-ASK = ("ask", "--data", "cohort", "--patient", "990000001")
+ASK = ("ask", "--data", "cohort", "--patient", "9900000000001")
 # Each case costs a process start (about 2 s of CPU, most of it importing llama-index for the strategy list), so
 # the table keeps one case per class; YAML-config validation has its finer cases in-process in test_robustness.py.
 HOSTILE: dict[str, tuple[str, ...]] = {

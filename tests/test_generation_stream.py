@@ -146,7 +146,7 @@ def test_serve_streams_an_openai_backend_token_by_token(scripted_server, tmp_pat
         pipeline = Pipeline(folder, IndexSettings(index_dir=tmp_path / "indexes"), generator=generator)
         client = TestClient(create_app(pipeline, folder))
         assert client.get("/api/health").json()["streaming"] is True
-        response = client.post("/api/ask/stream", json={"patient_id": "990000002", "question": "A1c?",
+        response = client.post("/api/ask/stream", json={"patient_id": "9900000000002", "question": "A1c?",
                                                          "strategy": "bm25", "budget": 2048})
     assert response.status_code == 200, response.text
     events = parse_events(response.text)
@@ -180,7 +180,7 @@ def test_serve_streams_tokens_from_a_real_model_then_the_answer(llama_server, tm
         pipeline = Pipeline(folder, IndexSettings(index_dir=tmp_path / "indexes"), generator=generator,
                             max_new_tokens=24)
         client = TestClient(create_app(pipeline, folder))
-        body = {"patient_id": "990000002", "question": "What was the most recent hemoglobin A1c?",
+        body = {"patient_id": "9900000000002", "question": "What was the most recent hemoglobin A1c?",
                 "strategy": "bm25", "budget": 1024}
         response = client.post("/api/ask/stream", json=body)
     finally:

@@ -62,8 +62,8 @@ def test_the_older_layout_fails_in_medhelms_reader_but_opens_in_ours(tmp_path: P
 def test_annotator_numbers_without_the_release_prefix_give_medhelm_no_references(tmp_path: Path) -> None:
     import random
 
-    record, instructions = generate_patient(random.Random(1), "990000001", length_tier="short")
-    write_release_xml(record, tmp_path / "medalign_ehr_xml" / "990000001.xml")
+    record, instructions = generate_patient(random.Random(1), "9900000000001", length_tier="short")
+    write_release_xml(record, tmp_path / "medalign_ehr_xml" / "9900000000001.xml")
     write_model_responses_table([], tmp_path / "clinician-reviewed-model-responses.tsv", questions=instructions)
     write_instruction_table(instructions, tmp_path / "clinician-instruction-responses.tsv")  # annotator_num 1
     assert read_like_medhelm(tmp_path) == []

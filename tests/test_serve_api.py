@@ -25,7 +25,7 @@ from medalign_rag.serve import ServeSettings, check_bind, create_app  # noqa: E4
 from medalign_rag.serve.server import TOKEN_ENV, resolve_token  # noqa: E402
 from tests.serve_support import ENV, make_cohort  # noqa: E402
 
-SMALL = "990000002"  # 2 encounters, 60 events: its index builds in seconds
+SMALL = "9900000000002"  # 2 encounters, 60 events: its index builds in seconds
 QUESTION = "What was the most recent hemoglobin A1c?"
 TOKEN = "a-test-token-of-enough-length"
 
@@ -83,36 +83,36 @@ def test_the_api_page_and_schema_are_served_from_local_files(client):
 def test_patients_are_paged_and_filtered_by_id(client, pipeline):
     everyone = client.get("/api/patients").json()
     assert everyone["total"] == 3
-    assert [p["patient_id"] for p in everyone["items"]] == ["990000001", "990000002", "990000003"]
+    assert [p["patient_id"] for p in everyone["items"]] == ["9900000000001", "9900000000002", "9900000000003"]
     record = pipeline.source.load_record(SMALL)
     small = everyone["items"][1]
     assert small["encounters"] == len(record.encounters) and small["events"] == record.n_events
     assert small["tokens"] > 0 and isinstance(small["indexed"], bool)
 
     page = client.get("/api/patients", params={"offset": 1, "limit": 1}).json()
-    assert page["total"] == 3 and [p["patient_id"] for p in page["items"]] == ["990000002"]
+    assert page["total"] == 3 and [p["patient_id"] for p in page["items"]] == ["9900000000002"]
     found = client.get("/api/patients", params={"q": "0003"}).json()
-    assert found["total"] == 1 and found["items"][0]["patient_id"] == "990000003"
+    assert found["total"] == 1 and found["items"][0]["patient_id"] == "9900000000003"
     assert client.get("/api/patients", params={"limit": 0}).status_code == 422
 
 
 def test_timeline_lists_encounters_filters_by_date_and_pages_events(client, pipeline):
-    record = pipeline.source.load_record("990000003")
-    timeline = client.get("/api/patients/990000003/timeline").json()
+    record = pipeline.source.load_record("9900000000003")
+    timeline = client.get("/api/patients/9900000000003/timeline").json()
     assert timeline["total"] == len(record.encounters)
     assert [e["encounter_id"] for e in timeline["encounters"]] == [e.encounter_id for e in record.encounters]
     assert [e["events"] for e in timeline["encounters"]] == [len(e.events) for e in record.encounters]
 
     middle = record.encounters[len(record.encounters) // 2].start.date()
-    later = client.get("/api/patients/990000003/timeline", params={"from": middle.isoformat()}).json()
+    later = client.get("/api/patients/9900000000003/timeline", params={"from": middle.isoformat()}).json()
     assert later["total"] == sum(1 for e in record.encounters if e.start.date() >= middle) < timeline["total"]
-    earlier = client.get("/api/patients/990000003/timeline", params={"to": middle.isoformat()}).json()
+    earlier = client.get("/api/patients/9900000000003/timeline", params={"to": middle.isoformat()}).json()
     assert all(e["start"][:10] <= middle.isoformat() for e in earlier["encounters"])
 
     encounter = max(record.encounters, key=lambda e: len(e.events))
-    first = client.get("/api/patients/990000003/events",
+    first = client.get("/api/patients/9900000000003/events",
                        params={"encounter": encounter.encounter_id, "limit": 5}).json()
-    rest = client.get("/api/patients/990000003/events",
+    rest = client.get("/api/patients/9900000000003/events",
                       params={"encounter": encounter.encounter_id, "offset": 5, "limit": 5000}).json()
     assert first["total"] == len(encounter.events)
     assert [e["event_id"] for e in first["events"] + rest["events"]] == [e.event_id for e in encounter.events]
@@ -123,10 +123,10 @@ def test_timeline_lists_encounters_filters_by_date_and_pages_events(client, pipe
     [
         ("/api/patients/nobody/timeline", {}, 404, "patient_id"),
         ("/api/patients/a..b/timeline", {}, 422, "patient_id"),
-        ("/api/patients/990000003/timeline", {"from": "2020-02-30"}, 422, "from"),
-        ("/api/patients/990000003/timeline", {"from": "2021-01-01", "to": "2020-01-01"}, 422, "from"),
-        ("/api/patients/990000003/events", {"encounter": "no-such-encounter"}, 404, "encounter"),
-        ("/api/patients/990000003/events", {}, 422, "encounter"),
+        ("/api/patients/9900000000003/timeline", {"from": "2020-02-30"}, 422, "from"),
+        ("/api/patients/9900000000003/timeline", {"from": "2021-01-01", "to": "2020-01-01"}, 422, "from"),
+        ("/api/patients/9900000000003/events", {"encounter": "no-such-encounter"}, 404, "encounter"),
+        ("/api/patients/9900000000003/events", {}, 422, "encounter"),
     ],
 )
 def test_bad_reads_get_a_json_error_naming_the_field(client, path, params, status, field):

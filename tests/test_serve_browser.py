@@ -19,7 +19,7 @@ from tests.serve_support import make_cohort, running_server
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-PATIENT = "990000003"  # 17 encounters, 452 events: a timeline worth scrolling
+PATIENT = "9900000000003"  # 17 encounters, 452 events: a timeline worth scrolling
 QUESTION = "What was the most recent hemoglobin A1c?"
 
 

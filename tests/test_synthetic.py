@@ -62,13 +62,13 @@ def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
     generate_cohort(tmp_path / "b", n_patients=5, seed=3)
     first, second = _file_bytes(tmp_path / "a"), _file_bytes(tmp_path / "b")
     assert sorted(first) == sorted([INSTRUCTIONS_FILENAME, MODEL_RESPONSES_FILENAME]
-                                   + [f"{RELEASE_EHRS_DIRNAME}/99000000{i}.xml" for i in range(1, 6)])
+                                   + [f"{RELEASE_EHRS_DIRNAME}/990000000000{i}.xml" for i in range(1, 6)])
     assert first == second
 
 
 def _as_old_ids(text: str) -> str:
-    """Numeric synthetic ids written back in the form of the first layout (990000001 -> synth-0001)."""
-    return re.sub(r"\b99(\d{7})\b", lambda match: f"synth-{int(match.group(1)):04d}", text)
+    """Numeric synthetic ids written back in the form of the first layout (9900000000001 -> synth-0001)."""
+    return re.sub(r"\b99(\d{11})\b", lambda match: f"synth-{int(match.group(1)):04d}", text)
 
 
 def test_default_cohort_is_unchanged_by_the_copy_forward_option_and_the_numeric_ids(tmp_path: Path) -> None:
@@ -82,20 +82,29 @@ def test_default_cohort_is_unchanged_by_the_copy_forward_option_and_the_numeric_
         digest.update(_as_old_ids(path.name).encode())
         digest.update(_as_old_ids(path.read_text(encoding="utf-8")).encode())
     assert digest.hexdigest() == "0d7b7dd672da62ec6176a22d29fec32284d669c0b1f4362ab6a5f54298ea3458"
+    # The instruction table too, metadata included (its token depths would move if the ids changed token counts).
+    table = _as_old_ids((tmp_path / "off" / INSTRUCTIONS_FILENAME).read_text(encoding="utf-8"))
+    table = re.sub(r"\tAnnotator_(\d+)\t", r"\t\1\t", table)
+    assert hashlib.sha256(table.encode()).hexdigest() == (
+        "450281e7d3b9152114fc43769e2d2b390cbaf36896a76bbd8b154a388ef381d8")
 
 
 def test_patient_content_does_not_depend_on_its_id() -> None:
     """Ids only name things: the same draws under two ids give the same record and questions apart from ids."""
-    first, first_questions = generate_patient(random.Random(5), "990000001", length_tier="short")
+    first, first_questions = generate_patient(random.Random(5), "9900000000001", length_tier="short")
     second, second_questions = generate_patient(random.Random(5), "synth-0001", length_tier="short")
-    assert render_record(first).replace("990000001", "ID") == render_record(second).replace("synth-0001", "ID")
+    assert render_record(first).replace("9900000000001", "ID") == render_record(second).replace("synth-0001", "ID")
     assert ([item.question for item in first_questions] == [item.question for item in second_questions])
     assert ([item.reference_answers for item in first_questions]
             == [item.reference_answers for item in second_questions])
 
 
 def test_synthetic_ids_are_numeric_fixed_width_and_bounded() -> None:
-    assert [synthetic_patient_id(n) for n in (1, 20, 9999)] == ["990000001", "990000020", "990009999"]
+    assert [synthetic_patient_id(n) for n in (1, 20, 9999)] == ["9900000000001", "9900000000020", "9900000009999"]
+    counter = default_counter()
+    for number in (1, 9, 10, 99, 100, 999, 1000, 4321, 9999):  # the same cl100k count as the first ids
+        assert (counter.count(render_record(PatientRecord(patient_id=synthetic_patient_id(number))))
+                == counter.count(render_record(PatientRecord(patient_id=f"synth-{number:04d}"))))
     for bad in (0, 10_000, True, "1"):
         with pytest.raises(MedalignError, match="synthetic patient number"):
             synthetic_patient_id(bad)
@@ -126,13 +135,13 @@ def test_different_seeds_give_different_cohorts(tmp_path: Path) -> None:
 
 
 def test_generate_patient_is_a_function_of_its_rng() -> None:
-    one = generate_patient(random.Random(11), "990000042", length_tier="short")
-    two = generate_patient(random.Random(11), "990000042", length_tier="short")
+    one = generate_patient(random.Random(11), "9900000000042", length_tier="short")
+    two = generate_patient(random.Random(11), "9900000000042", length_tier="short")
     assert one == two
     record, instructions = one
-    assert record.patient_id == "990000042"
+    assert record.patient_id == "9900000000042"
     assert 6 <= len(instructions) <= 10
-    assert all(item.patient_id == "990000042" for item in instructions)
+    assert all(item.patient_id == "9900000000042" for item in instructions)
 
 
 # ----------------------------------------------------------------------------------------------- the files
@@ -141,7 +150,7 @@ def test_generate_patient_is_a_function_of_its_rng() -> None:
 def test_layout_and_read_back(cohort) -> None:
     out, summary, records, instructions = cohort
     ids = [patient.patient_id for patient in summary.patients]
-    assert ids == [str(990_000_000 + i) for i in range(1, 21)]
+    assert ids == [str(9_900_000_000_000 + i) for i in range(1, 21)]
     assert sorted(records) == ids
     for patient in summary.patients:
         record = records[patient.patient_id]
@@ -425,7 +434,7 @@ def test_bad_patient_count_is_refused(tmp_path: Path, bad) -> None:
 
 def test_unknown_tier_and_unsafe_id_are_refused() -> None:
     with pytest.raises(MedalignError, match="tier"):
-        generate_patient(random.Random(1), "990000001", length_tier="gigantic")
+        generate_patient(random.Random(1), "9900000000001", length_tier="gigantic")
     with pytest.raises(MedalignError):
         generate_patient(random.Random(1), "../escape", length_tier="short")
 

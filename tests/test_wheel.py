@@ -48,7 +48,7 @@ def test_installed_cli_runs_ask_and_demo_help_outside_the_checkout(installed, tm
     assert run_outside(installed, tmp_path, str(cli), "demo", "--help").returncode == 0
     synth = run_outside(installed, tmp_path, str(cli), "synth", "--out", "cohort", "--patients", "2", "--seed", "3")
     assert synth.returncode == 0, synth.stderr
-    asked = run_outside(installed, tmp_path, str(cli), "ask", "--data", "cohort", "--patient", "990000001",
+    asked = run_outside(installed, tmp_path, str(cli), "ask", "--data", "cohort", "--patient", "9900000000001",
                         "--index-dir", "idx", "--backend", "none", "--budget", "2048", "--json",
                         "What was the most recent hemoglobin A1c?")
     assert asked.returncode == 0, asked.stderr

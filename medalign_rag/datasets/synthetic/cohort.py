@@ -22,15 +22,18 @@ from medalign_rag.records.serialize import write_release_xml
 from medalign_rag.tokenization import TokenCounter, default_counter
 
 # Synthetic person ids are numbers, as the release's are (MedHELM's reader turns each file name into an int):
-# SYNTHETIC_ID_BASE + the patient's 1-based number, so patient 1 is 990000001 and patient 9999 is 990009999.
-# Every id has nine digits, so text order is number order; the 99... range is far from MIMIC-IV's subject ids
-# (10,000,000-19,999,999), so a synthetic and a MIMIC patient never share an id.
-SYNTHETIC_ID_BASE = 990_000_000
+# SYNTHETIC_ID_BASE + the patient's 1-based number, so patient 1 is 9900000000001 and patient 9999 is 9900000009999.
+# Thirteen digits because cl100k counts `<eventstream person_id="9900000000001">` as many tokens as it counted the
+# first ids' `person_id="synth-0001"` (checked for all 9,999): every record renders to the same token count as
+# before, so context packing, the instructions' depth metadata and the benchmark figures did not move with the ids.
+# Every id has the same width, so text order is number order; the 99... range is far from MIMIC-IV's subject ids
+# (10,000,000-19,999,999), and it fits a signed 64-bit integer (OMOP's person_id) and a JavaScript number.
+SYNTHETIC_ID_BASE = 9_900_000_000_000
 MAX_SYNTHETIC_PATIENTS = 9999
 
 
 def synthetic_patient_id(number: int) -> str:
-    """The id of the `number`-th (1-based) patient of a synthetic cohort: `990000001` for 1."""
+    """The id of the `number`-th (1-based) patient of a synthetic cohort: `9900000000001` for 1."""
     if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_SYNTHETIC_PATIENTS:
         raise MedalignError(f"a synthetic patient number runs from 1 to {MAX_SYNTHETIC_PATIENTS}, got {number!r}")
     return str(SYNTHETIC_ID_BASE + number)
@@ -166,7 +169,7 @@ def generate_cohort(
     """Write a synthetic cohort in MedAlign's release layout and return what was written.
 
     The release's own layout, which MedHELM's MedAlign reader opens as it is:
-    `out_dir/medalign_ehr_xml/990000001.xml ...` (release XML with event ids; numeric person ids, see
+    `out_dir/medalign_ehr_xml/9900000000001.xml ...` (release XML with event ids; numeric person ids, see
     `synthetic_patient_id`), `out_dir/clinician-instruction-responses.tsv` (one row per reference answer,
     `annotator_num` `Annotator_1`, with time anchor, evidence event ids, category and metadata) and
     `out_dir/clinician-reviewed-model-responses.tsv` (every question, no model responses). The same `n_patients`

@@ -96,7 +96,7 @@ class DataFolder:
 
     def patient_ids(self) -> list[str]:
         """Sorted ids of the patients in the folder (the XML file stems). A file whose stem is not a safe patient id
-        (`990000003 (copy).xml`) is skipped and named in `warnings`, so one stray copy does not block the folder;
+        (`9900000000003 (copy).xml`) is skipped and named in `warnings`, so one stray copy does not block the folder;
         a single file opened by path must have a safe name."""
         if self.single_file is not None:
             return [check_patient_id(self.single_file.stem, path=str(self.single_file))]

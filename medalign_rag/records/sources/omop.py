@@ -152,6 +152,10 @@ def _row_id(value: Any) -> str | None:
 class OmopSource:
     """An OMOP CDM database; one duckdb connection, used under a lock (duckdb connections are not thread-safe)."""
 
+    # duckdb's memory for this source (person partitions, sorts, pages read). Measured on GiBleed copied 20 times
+    # (53,880 persons, 4.3M clinical rows): peak RSS 819 MB unbounded, 349 MB at 256MB, per-block reads 80 vs 90 ms.
+    MEMORY_LIMIT = "512MB"
+
     def __init__(self, path: str | os.PathLike) -> None:
         import duckdb  # imported here: only OMOP users need it
 
@@ -168,6 +172,8 @@ class OmopSource:
                 for table, file in _table_files(self.path).items():
                     self._db.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {_reader(file)}')
             self._db.execute("SET temp_directory = ?", [self._spill.name])
+            # duckdb would otherwise cache up to 80% of the machine's memory; past this it spills to `_spill`.
+            self._db.execute("SET memory_limit = ?", [self.MEMORY_LIMIT])
         except duckdb.Error as exc:
             raise MedalignError(f"cannot open the OMOP database: {str(exc).splitlines()[0]}", path=self.path) from None
         self._columns = self._schema()
