@@ -250,6 +250,23 @@ def test_outpatient_days_and_direct_conversion_agree(shared_data: Path, fhir_dir
     assert starts == sorted(starts)
 
 
+def test_converted_folder_ships_the_demo_dictionaries_as_its_vocabulary(shared_data: Path, fhir_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """d_items / d_labitems travel with the records, so retrieval reads the source's own abbreviations with no
+    extra setting."""
+    from medalign_rag.records.sources import open_source
+
+    src, meds, _ = _paths(shared_data)
+    convert_mimic_iv_demo(src, meds, tmp_path, subject_ids=["10016150"])
+    for out in (tmp_path, fhir_dir):
+        copied = sorted(p.name for p in (out / "vocabulary").iterdir())
+        assert copied == ["d_items.csv.gz", "d_labitems.csv.gz"]
+        terms = open_source(out).vocabulary_terms()
+        by_label = {term.label: term for term in terms}
+        assert "Heart Rate" in by_label and "HR" in by_label["Heart Rate"].abbreviations
+        assert any(term.label.startswith("Potassium") and term.table == "lab test" for term in terms)
+
+
 def test_evidence_resolution(shared_data: Path, fhir_dir: Path) -> None:
     _, resolution = _CACHE["fhir"]
     report = json.loads((fhir_dir / "evidence_resolution.json").read_text())

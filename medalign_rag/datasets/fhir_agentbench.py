@@ -47,6 +47,7 @@ from medalign_rag.datasets.mimic_iv_demo import (
     MEDICATION_NAMESPACE,
     ConversionSummary,
     MimicEvents,
+    copy_dictionaries,
     load_with_progress,
     read_demo_table,
     write_mimic_records,
@@ -406,6 +407,7 @@ def convert_fhir_agentbench(
 
     if write_records:
         resolution.records = write_mimic_records(data, data_dir, progress=progress)
+        copy_dictionaries(mimic_src, data_dir)
     write_release_tables(instructions, data_dir)
     atomic_write_text(
         data_dir / "evidence_resolution.json", json.dumps(resolution.to_json_dict(), indent=2, sort_keys=False) + "\n"

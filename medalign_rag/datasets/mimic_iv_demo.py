@@ -944,6 +944,29 @@ def write_mimic_records(
     )
 
 
+# The demo's own dictionaries: copied beside the records, they give retrieval the source's item names and
+# abbreviations (records/source_vocabulary.py reads a `vocabulary/` folder beside the records).
+DICTIONARY_TABLES = ("hosp/d_labitems", "icu/d_items")
+
+
+def copy_dictionaries(src: Path, out: Path) -> list[Path]:
+    """Copy the demo's item dictionaries (d_labitems, d_items) to `out/vocabulary/`, atomically; returns the copies."""
+    from medalign_rag.atomic import atomic_write_bytes
+    from medalign_rag.records.source_vocabulary import VOCABULARY_DIRNAME
+
+    copies: list[Path] = []
+    for table in DICTIONARY_TABLES:
+        folder, stem = table.split("/")
+        found = sorted((Path(src) / folder).glob(f"{stem}.csv*"))
+        if not found:
+            continue  # an optional extra: conversion does not need it
+        target = Path(out) / VOCABULARY_DIRNAME / found[0].name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, found[0].read_bytes())
+        copies.append(target)
+    return copies
+
+
 def load_with_progress(
     src: Path, meds: Path | None, *, progress: bool, subject_ids: Iterable[str | int] | None = None
 ) -> MimicEvents:
@@ -971,11 +994,14 @@ def convert_mimic_iv_demo(
     subject_ids: Iterable[str | int] | None = None,
     count_tokens: bool = False,
 ) -> ConversionSummary:
-    """Write `out/medalign_ehr_xml/<subject_id>.xml` for every demo patient (or those in `subject_ids`).
+    """Write `out/medalign_ehr_xml/<subject_id>.xml` for every demo patient (or those in `subject_ids`), and the
+    demo's item dictionaries to `out/vocabulary/` (the names and abbreviations retrieval reads).
 
     `src` is the demo folder (holding hosp/ and icu/), `meds` the MEDS parquet with ICU chart events (None leaves
     them out). With `count_tokens`, each record's size is measured in tokens of the default counter.
     """
     started = time.perf_counter()
     data = load_with_progress(src, meds, progress=progress, subject_ids=subject_ids)
-    return write_mimic_records(data, out, progress=progress, count_tokens=count_tokens, started=started)
+    summary = write_mimic_records(data, out, progress=progress, count_tokens=count_tokens, started=started)
+    copy_dictionaries(src, out)
+    return summary
