@@ -8,16 +8,19 @@ chosen events, so every cut is on an event boundary.
 
 from __future__ import annotations
 
+import re
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
 from typing import Sequence
+from xml.sax.saxutils import escape, quoteattr
 
 from pydantic import BaseModel
 
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.store import PatientIndex
-from medalign_rag.records.model import Event
+from medalign_rag.records.model import OMOP_TABLE_BY_KIND, Event, EventKind
 from medalign_rag.records.serialize import (
     ENCOUNTER_CLOSE,
     ENTRY_CLOSE,
@@ -326,6 +329,14 @@ def format_citation(citation: Citation) -> str:
 COPY_FORWARD_SHINGLE = 5  # words per shingle
 COPY_FORWARD_OVERLAP = 0.8  # share of the shorter note's shingles found in the other: a copied-forward note
 
+# Flowsheet rendering: when at least this many values of one concept (same type, code, name and unit) are among the
+# events an encounter could show, they are written as one line under the encounter header ("name (unit): time value;
+# time value; ...") instead of one XML event each; name, code, unit and the entry wrapper are then paid once, not
+# per value. Tuned on the tune part of FHIR-AgentBench dev (benchmarks/ablation/events). None or 0 turns it off.
+FLOWSHEET_MIN_VALUES = 3
+FLOWSHEET_MAX_TEXT = 160  # events with longer free text (notes, long comments) always keep their own XML line
+_FLOWSHEET_INDENT = "    "
+
 
 def _shingles(text: str) -> frozenset[int]:
     words = text.lower().split()
@@ -337,6 +348,157 @@ def near_duplicate(a: frozenset[int], b: frozenset[int], threshold: float = COPY
     if not a or not b:
         return False
     return len(a & b) / min(len(a), len(b)) >= threshold
+
+
+def _flowsheet_key(event: Event) -> tuple[str, str | None, str | None, str | None] | None:
+    """The concept a value belongs to on a flowsheet line; None for what must keep its own line (notes, text)."""
+    if event.kind is EventKind.note or (event.text is not None and len(event.text) > FLOWSHEET_MAX_TEXT):
+        return None
+    return (event.source_type or OMOP_TABLE_BY_KIND[event.kind], event.code, event.name, event.unit)
+
+
+def _flowsheet_time(stamp: datetime) -> str:
+    return stamp.strftime("%H:%M:%S" if stamp.second or stamp.microsecond else "%H:%M")
+
+
+_TIMESTAMP_IN_TEXT = re.compile(r"\b(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2})(:\d{2}(?:\.\d+)?)?\b")
+
+
+def _shorter_times(text: str, day: str) -> str:
+    """Times inside a value's text ("until 2137-06-21 10:00:00") without the item's own date or zero seconds."""
+    def shorten(match: re.Match) -> str:
+        seconds = match.group(3) or ""
+        seconds = "" if seconds in ("", ":00") else seconds
+        date = "" if match.group(1) == day else match.group(1) + " "
+        return f"{date}{match.group(2)}{seconds}"
+
+    return _TIMESTAMP_IN_TEXT.sub(shorten, text)
+
+
+def _flowsheet_item(event: Event, with_date: bool) -> str:
+    body = event.value or ""
+    if event.text:
+        text = _shorter_times(event.text, event.timestamp.strftime("%Y-%m-%d"))
+        body = f"{body} {text}" if body else text
+    stamp = (event.timestamp.strftime("%Y-%m-%d ") if with_date else "") + _flowsheet_time(event.timestamp)
+    return escape(f"{stamp} {body}".rstrip(), {"\r": "&#13;"})
+
+
+def _flowsheet_open(key: tuple[str, str | None, str | None, str | None]) -> str:
+    kind, code, name, unit = key
+    attrs = "".join(f" {k}={quoteattr(v)}" for k, v in (("type", kind), ("code", code), ("name", name),
+                                                          ("unit", unit)) if v not in (None, ""))
+    return f"{_FLOWSHEET_INDENT}<flowsheet{attrs}>"
+
+
+@dataclass
+class FlowsheetCosts:
+    """Per-event flowsheet keys and item costs for one (index, tokenizer) pair, computed once."""
+
+    key_of: list[list[int]]  # [chunk position][event position] -> key number, -1: never on a flowsheet
+    keys: list[tuple]
+    item_cost: list[list[int]]  # the value with its time of day, and the separator
+    line_cost: list[int]  # per key: the line's opening and closing tags and its newline
+    date_cost: int  # a date written before the time, once per day on a line
+
+
+_FLOWSHEET_COSTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCosts:
+    per_index = _FLOWSHEET_COSTS.setdefault(index.state, {})
+    cached = per_index.get(counter.name)
+    if cached is not None:
+        return cached
+    key_number: dict[tuple, int] = {}
+    key_of: list[list[int]] = []
+    items: list[str] = []
+    for chunk in index.chunks:
+        row = []
+        for event in chunk.events:
+            key = _flowsheet_key(event)
+            row.append(-1 if key is None else key_number.setdefault(key, len(key_number)))
+            items.append(_flowsheet_item(event, with_date=False))
+        key_of.append(row)
+    flat = [c + 1 for c in count_many(counter, items)]  # +1: the "; " between items
+    item_cost, at = [], 0
+    for chunk in index.chunks:
+        item_cost.append(flat[at : at + len(chunk.events)])
+        at += len(chunk.events)
+    keys = list(key_number)
+    line_cost = [c + 2 for c in count_many(counter, [_flowsheet_open(k) + "</flowsheet>" for k in keys])]
+    costs = FlowsheetCosts(key_of=key_of, keys=keys, item_cost=item_cost, line_cost=line_cost,
+                           date_cost=counter.count("2000-01-01 "))
+    per_index[counter.name] = costs
+    return costs
+
+
+def _flowsheet_pairs(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCosts,
+                     order: Sequence[tuple[int, int]], available: float, min_values: int,
+                     time_anchor: datetime | None) -> set[tuple[str, int]]:
+    """(encounter, key) pairs written as flowsheet lines: those with at least `min_values` values among the ranked
+    events that could reach the context (the head of the ranking that fits `available` at flowsheet prices)."""
+    counts: dict[tuple[str, int], int] = {}
+    spent = 0.0
+    for position, i in order:
+        chunk = index.chunks[position]
+        if time_anchor is not None and chunk.events[i].timestamp > time_anchor:
+            continue
+        key = sheet.key_of[position][i]
+        if key < 0:
+            spent += costs.event_cost[position][i]
+        else:
+            pair = (chunk.encounter_id, key)
+            counts[pair] = counts.get(pair, 0) + 1
+            spent += sheet.item_cost[position][i]
+        if spent > available:
+            break
+    return {pair for pair, n in counts.items() if n >= min_values}
+
+
+def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], sheet: FlowsheetCosts | None,
+                       pairs: set[tuple[str, int]]) -> str:
+    """The chosen events under their encounter headers; values of a flowsheet pair go on one line per concept
+    (first in the encounter, in time order, the date written when it changes), the rest as XML entries."""
+    cache = _render_cache(index)
+    lines = [render_stream_open(index.patient_id)]
+    for encounter_id, group in groupby(items, key=lambda item: index.chunks[item[1]].encounter_id):
+        lines.append(cache.encounter_open[encounter_id])
+        lines.append(EVENTS_OPEN)
+        rest: list[tuple[int, int, int]] = []
+        sheets: dict[int, list[Event]] = {}
+        for item in group:
+            _, position, i = item
+            key = sheet.key_of[position][i] if sheet is not None else -1
+            if key >= 0 and (encounter_id, key) in pairs:
+                sheets.setdefault(key, []).append(index.chunks[position].events[i])
+            else:
+                rest.append(item)
+        for key, values in sheets.items():
+            parts, last_day = [], None
+            for event in values:
+                day = event.timestamp.date()
+                parts.append(_flowsheet_item(event, with_date=day != last_day))
+                last_day = day
+            lines.append(_flowsheet_open(sheet.keys[key]) + "; ".join(parts) + "</flowsheet>")
+        last_stamp = None
+        for _, position, i in rest:
+            stamp = index.chunks[position].events[i].timestamp
+            if stamp != last_stamp:
+                if last_stamp is not None:
+                    lines.append(ENTRY_CLOSE)
+                entry = cache.entry_open.get(stamp)
+                if entry is None:
+                    entry = cache.entry_open[stamp] = render_entry_open(stamp)
+                lines.append(entry)
+                last_stamp = stamp
+            lines.append(cache.event_lines[position][i])
+        if last_stamp is not None:
+            lines.append(ENTRY_CLOSE)
+        lines.append(EVENTS_CLOSE)
+        lines.append(ENCOUNTER_CLOSE)
+    lines.append(STREAM_CLOSE)
+    return "\n".join(lines) + "\n"
 
 
 class _EventPacking(BaseModel):
@@ -354,13 +516,16 @@ def _pack_events(
     fixed: int,
     time_anchor: datetime | None,
     dedupe_notes: bool,
+    sheet: FlowsheetCosts | None = None,
+    pairs: set[tuple[str, int]] = frozenset(),
 ) -> _EventPacking:
     """Greedy by estimated cost in `order`; an event that does not fit is skipped and smaller ones may follow.
     A note that repeats an already packed note (copied forward) is not packed again: the later of the two is
-    kept, and it cites both."""
+    kept, and it cites both. A value of a flowsheet pair costs its item on the pair's line (the line itself once)."""
     used = fixed
     opened: set[str] = set()
     entries: set[tuple[str, datetime]] = set()
+    sheet_days: dict[tuple[str, int], set] = {}
     selected: dict[int, set[int]] = {}
     notes: list[tuple[frozenset[int], int, int]] = []  # shingles, chunk position, event position
     also_cited: dict[str, list[str]] = {}
@@ -398,9 +563,21 @@ def _pack_events(
                 continue
         else:
             shingles = None
-        step = costs.event_cost[position][i]
-        if (chunk.encounter_id, event.timestamp) not in entries:
-            step += costs.entry_cost
+        key = sheet.key_of[position][i] if sheet is not None else -1
+        pair = (chunk.encounter_id, key)
+        on_sheet = key >= 0 and pair in pairs
+        if on_sheet:
+            days = sheet_days.get(pair)
+            day = event.timestamp.date()
+            step = sheet.item_cost[position][i]
+            if days is None:
+                step += sheet.line_cost[key] + sheet.date_cost
+            elif day not in days:
+                step += sheet.date_cost
+        else:
+            step = costs.event_cost[position][i]
+            if (chunk.encounter_id, event.timestamp) not in entries:
+                step += costs.entry_cost
         if chunk.encounter_id not in opened:
             step += costs.encounter_cost[chunk.encounter_id]
         if used + step > available:
@@ -411,7 +588,10 @@ def _pack_events(
             continue
         selected.setdefault(position, set()).add(i)
         opened.add(chunk.encounter_id)
-        entries.add((chunk.encounter_id, event.timestamp))
+        if on_sheet:
+            sheet_days.setdefault(pair, set()).add(event.timestamp.date())
+        else:
+            entries.add((chunk.encounter_id, event.timestamp))
         used += step
         if shingles is not None:
             notes.append((shingles, position, i))
@@ -430,9 +610,14 @@ def assemble_event_context(
     reserve_tokens: int = DEFAULT_ANSWER_RESERVE,
     time_anchor: datetime | None = None,
     dedupe_notes: bool = True,
+    flowsheet_min_values: int | None = None,
 ) -> AssembledContext:
     """Fit ranked events ((chunk position, event position), best first) into `budget` tokens, never more; the
-    chosen events are rendered under their encounter headers in record order and every one is cited by id."""
+    chosen events are rendered under their encounter headers in record order and every one is cited by id.
+
+    A concept with at least `flowsheet_min_values` values under one encounter among the events that could fit is
+    rendered as one flowsheet line (values with their times) rather than one XML event per value; None takes
+    FLOWSHEET_MIN_VALUES, 0 turns flowsheets off."""
     available = budget - overhead_tokens - reserve_tokens
     if available <= 0:
         raise MedalignError(
@@ -441,9 +626,36 @@ def assemble_event_context(
         )
     costs = _costs(index, counter)
     fixed = costs.empty_context
-    best, packing, text, tokens = _fit_by_rescaling(
-        index, counter, available,
-        lambda target: _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes))
+    sheet, pairs = None, set()
+    if flowsheet_min_values is None:
+        flowsheet_min_values = FLOWSHEET_MIN_VALUES
+    if flowsheet_min_values:
+        sheet = _flowsheet_costs(index, counter)
+        pairs = _flowsheet_pairs(index, costs, sheet, event_ranking, available, flowsheet_min_values, time_anchor)
+        if not pairs:
+            sheet = None
+
+    def render(selected: dict[int, list[int]]) -> str:
+        return _render_event_text(index, _chronological(index, selected), sheet, pairs)
+
+    # Per-item estimates are off from the exact count of the joined text (dates, separators, merges across
+    # items), in either direction: pack by estimate, count exactly, rescale, keep the fullest packing that fits.
+    tolerance = max(8, available // 100)
+    target = available * 0.99
+    best = None
+    for _ in range(6):
+        packing = _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes, sheet, pairs)
+        text = render(packing.selected)
+        tokens = counter.count(text)
+        scale = packing.estimated_tokens / max(tokens, 1)
+        if tokens <= available:
+            if best is None or tokens > best[2]:
+                best = (packing, text, tokens)
+            if packing.complete or available - tokens <= tolerance:
+                break
+            target += (available - tokens) * scale * 0.98
+        else:
+            target -= (tokens - available) * scale * 1.02 + 1
     if best is None:
         # still over (pathological tokenization): drop the lowest-ranked chosen events until it fits
         rank_of = {item: r for r, item in enumerate(event_ranking)}
@@ -453,7 +665,7 @@ def assemble_event_context(
             packing.selected[p].remove(i)
             if not packing.selected[p]:
                 del packing.selected[p]
-            text = _render_text(index, _chronological(index, packing.selected))
+            text = render(packing.selected)
             tokens = counter.count(text)
         if tokens > available:
             raise MedalignError(f"budget {budget} is too small for even an empty record context ({tokens} tokens)")
