@@ -334,6 +334,9 @@ COPY_FORWARD_OVERLAP = 0.8  # share of the shorter note's shingles found in the 
 # time value; ...") instead of one XML event each; name, code, unit and the entry wrapper are then paid once, not
 # per value. Tuned on the tune part of FHIR-AgentBench dev (benchmarks/ablation/events). None or 0 turns it off.
 FLOWSHEET_MIN_VALUES = 3
+# Tables: at least this many other events of one type (drugs, procedures ...) under one encounter are written as plain
+# rows ("time name value unit detail") under one table header instead of XML events. Tuned likewise; 0 turns it off.
+TABLE_MIN_ROWS = 4
 FLOWSHEET_MAX_TEXT = 160  # events with longer free text (notes, long comments) always keep their own XML line
 _FLOWSHEET_INDENT = "    "
 
@@ -384,6 +387,16 @@ def _flowsheet_item(event: Event, with_date: bool) -> str:
     return escape(f"{stamp} {body}".rstrip(), {"\r": "&#13;"})
 
 
+def _table_row(event: Event, with_date: bool) -> str:
+    """One event as a row of its type's table: time, name (or code), value, unit and text, no markup."""
+    fields = [event.name or event.code or "", event.value or "", event.unit or ""]
+    if event.text:
+        fields.append(_shorter_times(event.text, event.timestamp.strftime("%Y-%m-%d")))
+    stamp = (event.timestamp.strftime("%Y-%m-%d ") if with_date else "") + _flowsheet_time(event.timestamp)
+    row = " ".join(f for f in fields if f)
+    return _FLOWSHEET_INDENT + "  " + escape(f"{stamp} {row}".rstrip(), {"\r": "&#13;"})
+
+
 def _flowsheet_open(key: tuple[str, str | None, str | None, str | None]) -> str:
     kind, code, name, unit = key
     attrs = "".join(f" {k}={quoteattr(v)}" for k, v in (("type", kind), ("code", code), ("name", name),
@@ -391,15 +404,26 @@ def _flowsheet_open(key: tuple[str, str | None, str | None, str | None]) -> str:
     return f"{_FLOWSHEET_INDENT}<flowsheet{attrs}>"
 
 
+def _table_open(kind: str) -> str:
+    return f"{_FLOWSHEET_INDENT}<table type={quoteattr(kind)} columns=\"time name value unit detail\">"
+
+
+_TABLE_CLOSE = f"{_FLOWSHEET_INDENT}</table>"
+
+
 @dataclass
 class FlowsheetCosts:
-    """Per-event flowsheet keys and item costs for one (index, tokenizer) pair, computed once."""
+    """Per-event flowsheet and table keys and costs for one (index, tokenizer) pair, computed once."""
 
-    key_of: list[list[int]]  # [chunk position][event position] -> key number, -1: never on a flowsheet
+    key_of: list[list[int]]  # [chunk position][event position] -> concept key number, -1: keeps its XML line
     keys: list[tuple]
     item_cost: list[list[int]]  # the value with its time of day, and the separator
     line_cost: list[int]  # per key: the line's opening and closing tags and its newline
-    date_cost: int  # a date written before the time, once per day on a line
+    date_cost: int  # a date written before the time, once per day on a line or in a table
+    type_of: list[list[int]]  # [chunk position][event position] -> type number (-1 with key -1)
+    types: list[str]
+    row_cost: list[list[int]]  # the event as a table row, with its newline
+    table_cost: list[int]  # per type: the table's opening and closing lines
 
 
 _FLOWSHEET_COSTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -411,34 +435,69 @@ def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCos
     if cached is not None:
         return cached
     key_number: dict[tuple, int] = {}
+    type_number: dict[str, int] = {}
     key_of: list[list[int]] = []
+    type_of: list[list[int]] = []
     items: list[str] = []
+    rows: list[str] = []
     for chunk in index.chunks:
-        row = []
+        keys_row, types_row = [], []
         for event in chunk.events:
             key = _flowsheet_key(event)
-            row.append(-1 if key is None else key_number.setdefault(key, len(key_number)))
+            keys_row.append(-1 if key is None else key_number.setdefault(key, len(key_number)))
+            types_row.append(-1 if key is None else type_number.setdefault(key[0], len(type_number)))
             items.append(_flowsheet_item(event, with_date=False))
-        key_of.append(row)
-    flat = [c + 1 for c in count_many(counter, items)]  # +1: the "; " between items
-    item_cost, at = [], 0
+            rows.append(_table_row(event, with_date=False))
+        key_of.append(keys_row)
+        type_of.append(types_row)
+    flat_items = [c + 1 for c in count_many(counter, items)]  # +1: the "; " between items
+    flat_rows = [c + 1 for c in count_many(counter, rows)]  # +1: the newline
+    item_cost, row_cost, at = [], [], 0
     for chunk in index.chunks:
-        item_cost.append(flat[at : at + len(chunk.events)])
+        item_cost.append(flat_items[at : at + len(chunk.events)])
+        row_cost.append(flat_rows[at : at + len(chunk.events)])
         at += len(chunk.events)
-    keys = list(key_number)
+    keys, types = list(key_number), list(type_number)
     line_cost = [c + 2 for c in count_many(counter, [_flowsheet_open(k) + "</flowsheet>" for k in keys])]
+    table_cost = [c + 2 for c in count_many(counter, [_table_open(t) + "\n" + _TABLE_CLOSE for t in types])]
     costs = FlowsheetCosts(key_of=key_of, keys=keys, item_cost=item_cost, line_cost=line_cost,
-                           date_cost=counter.count("2000-01-01 "))
+                           date_cost=counter.count("2000-01-01 "), type_of=type_of, types=types,
+                           row_cost=row_cost, table_cost=table_cost)
     per_index[counter.name] = costs
     return costs
 
 
-def _flowsheet_pairs(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCosts,
-                     order: Sequence[tuple[int, int]], available: float, min_values: int,
-                     time_anchor: datetime | None) -> set[tuple[str, int]]:
-    """(encounter, key) pairs written as flowsheet lines: those with at least `min_values` values among the ranked
-    events that could reach the context (the head of the ranking that fits `available` at flowsheet prices)."""
-    counts: dict[tuple[str, int], int] = {}
+@dataclass
+class _Layout:
+    """How the chosen events of an encounter are written: (encounter, concept key) pairs as flowsheet lines,
+    (encounter, type) pairs as tables, everything else as XML entries."""
+
+    sheet: FlowsheetCosts | None = None
+    sheets: set = field(default_factory=set)
+    tables: set = field(default_factory=set)
+
+    def place(self, encounter_id: str, position: int, i: int) -> tuple[str, int]:
+        """("sheet", key), ("table", type) or ("xml", -1) for one event."""
+        if self.sheet is None:
+            return "xml", -1
+        key = self.sheet.key_of[position][i]
+        if key < 0:
+            return "xml", -1
+        if (encounter_id, key) in self.sheets:
+            return "sheet", key
+        kind = self.sheet.type_of[position][i]
+        if (encounter_id, kind) in self.tables:
+            return "table", kind
+        return "xml", -1
+
+
+def _layout(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCosts, order: Sequence[tuple[int, int]],
+            available: float, min_values: int, min_rows: int, time_anchor: datetime | None) -> _Layout:
+    """Flowsheet pairs: at least `min_values` values of one concept under one encounter among the ranked events
+    that could reach the context (the head of the ranking that fits `available` at the compact prices); table
+    pairs: at least `min_rows` other events of one type under one encounter in that head."""
+    head: list[tuple[str, int, int]] = []
+    concept_counts: dict[tuple[str, int], int] = {}
     spent = 0.0
     for position, i in order:
         chunk = index.chunks[position]
@@ -449,17 +508,25 @@ def _flowsheet_pairs(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCos
             spent += costs.event_cost[position][i]
         else:
             pair = (chunk.encounter_id, key)
-            counts[pair] = counts.get(pair, 0) + 1
+            concept_counts[pair] = concept_counts.get(pair, 0) + 1
+            head.append((chunk.encounter_id, position, i))
             spent += sheet.item_cost[position][i]
         if spent > available:
             break
-    return {pair for pair, n in counts.items() if n >= min_values}
+    sheets = {pair for pair, n in concept_counts.items() if n >= min_values} if min_values else set()
+    type_counts: dict[tuple[str, int], int] = {}
+    for encounter_id, position, i in head:
+        if (encounter_id, sheet.key_of[position][i]) not in sheets:
+            pair = (encounter_id, sheet.type_of[position][i])
+            type_counts[pair] = type_counts.get(pair, 0) + 1
+    tables = {pair for pair, n in type_counts.items() if n >= min_rows} if min_rows else set()
+    return _Layout(sheet if sheets or tables else None, sheets, tables)
 
 
-def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], sheet: FlowsheetCosts | None,
-                       pairs: set[tuple[str, int]]) -> str:
-    """The chosen events under their encounter headers; values of a flowsheet pair go on one line per concept
-    (first in the encounter, in time order, the date written when it changes), the rest as XML entries."""
+def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], layout: _Layout) -> str:
+    """The chosen events under their encounter headers: first the encounter's flowsheet lines (one per concept,
+    values in time order, the date written when it changes), then its tables (one row per event), then the rest
+    as XML entries."""
     cache = _render_cache(index)
     lines = [render_stream_open(index.patient_id)]
     for encounter_id, group in groupby(items, key=lambda item: index.chunks[item[1]].encounter_id):
@@ -467,11 +534,14 @@ def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], s
         lines.append(EVENTS_OPEN)
         rest: list[tuple[int, int, int]] = []
         sheets: dict[int, list[Event]] = {}
+        tables: dict[int, list[Event]] = {}
         for item in group:
             _, position, i = item
-            key = sheet.key_of[position][i] if sheet is not None else -1
-            if key >= 0 and (encounter_id, key) in pairs:
-                sheets.setdefault(key, []).append(index.chunks[position].events[i])
+            place, number = layout.place(encounter_id, position, i)
+            if place == "sheet":
+                sheets.setdefault(number, []).append(index.chunks[position].events[i])
+            elif place == "table":
+                tables.setdefault(number, []).append(index.chunks[position].events[i])
             else:
                 rest.append(item)
         for key, values in sheets.items():
@@ -480,7 +550,15 @@ def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], s
                 day = event.timestamp.date()
                 parts.append(_flowsheet_item(event, with_date=day != last_day))
                 last_day = day
-            lines.append(_flowsheet_open(sheet.keys[key]) + "; ".join(parts) + "</flowsheet>")
+            lines.append(_flowsheet_open(layout.sheet.keys[key]) + "; ".join(parts) + "</flowsheet>")
+        for kind, values in tables.items():
+            lines.append(_table_open(layout.sheet.types[kind]))
+            last_day = None
+            for event in values:
+                day = event.timestamp.date()
+                lines.append(_table_row(event, with_date=day != last_day))
+                last_day = day
+            lines.append(_TABLE_CLOSE)
         last_stamp = None
         for _, position, i in rest:
             stamp = index.chunks[position].events[i].timestamp
@@ -516,16 +594,17 @@ def _pack_events(
     fixed: int,
     time_anchor: datetime | None,
     dedupe_notes: bool,
-    sheet: FlowsheetCosts | None = None,
-    pairs: set[tuple[str, int]] = frozenset(),
+    layout: _Layout | None = None,
 ) -> _EventPacking:
     """Greedy by estimated cost in `order`; an event that does not fit is skipped and smaller ones may follow.
     A note that repeats an already packed note (copied forward) is not packed again: the later of the two is
-    kept, and it cites both. A value of a flowsheet pair costs its item on the pair's line (the line itself once)."""
+    kept, and it cites both. A value on a flowsheet line or a table costs its item or row (the line or table once)."""
     used = fixed
     opened: set[str] = set()
     entries: set[tuple[str, datetime]] = set()
-    sheet_days: dict[tuple[str, int], set] = {}
+    layout = layout or _Layout()
+    sheet = layout.sheet
+    compact_days: dict[tuple[str, str, int], set] = {}
     selected: dict[int, set[int]] = {}
     notes: list[tuple[frozenset[int], int, int]] = []  # shingles, chunk position, event position
     also_cited: dict[str, list[str]] = {}
@@ -563,16 +642,15 @@ def _pack_events(
                 continue
         else:
             shingles = None
-        key = sheet.key_of[position][i] if sheet is not None else -1
-        pair = (chunk.encounter_id, key)
-        on_sheet = key >= 0 and pair in pairs
-        if on_sheet:
-            days = sheet_days.get(pair)
-            day = event.timestamp.date()
-            step = sheet.item_cost[position][i]
-            if days is None:
-                step += sheet.line_cost[key] + sheet.date_cost
-            elif day not in days:
+        place, number = layout.place(chunk.encounter_id, position, i)
+        compact = (place, chunk.encounter_id, number)
+        if place != "xml":
+            days = compact_days.get(compact)
+            if place == "sheet":
+                step = sheet.item_cost[position][i] + (sheet.line_cost[number] if days is None else 0)
+            else:
+                step = sheet.row_cost[position][i] + (sheet.table_cost[number] if days is None else 0)
+            if days is None or event.timestamp.date() not in days:
                 step += sheet.date_cost
         else:
             step = costs.event_cost[position][i]
@@ -588,8 +666,8 @@ def _pack_events(
             continue
         selected.setdefault(position, set()).add(i)
         opened.add(chunk.encounter_id)
-        if on_sheet:
-            sheet_days.setdefault(pair, set()).add(event.timestamp.date())
+        if place != "xml":
+            compact_days.setdefault(compact, set()).add(event.timestamp.date())
         else:
             entries.add((chunk.encounter_id, event.timestamp))
         used += step
@@ -611,13 +689,16 @@ def assemble_event_context(
     time_anchor: datetime | None = None,
     dedupe_notes: bool = True,
     flowsheet_min_values: int | None = None,
+    table_min_rows: int | None = None,
 ) -> AssembledContext:
     """Fit ranked events ((chunk position, event position), best first) into `budget` tokens, never more; the
     chosen events are rendered under their encounter headers in record order and every one is cited by id.
 
     A concept with at least `flowsheet_min_values` values under one encounter among the events that could fit is
-    rendered as one flowsheet line (values with their times) rather than one XML event per value; None takes
-    FLOWSHEET_MIN_VALUES, 0 turns flowsheets off."""
+    rendered as one flowsheet line (values with their times) rather than one XML event per value, and at least
+    `table_min_rows` other events of one type under one encounter as a table (one plain row per event). Either
+    way every event keeps its own time and is cited by id. None takes FLOWSHEET_MIN_VALUES / TABLE_MIN_ROWS,
+    0 turns that rendering off."""
     available = budget - overhead_tokens - reserve_tokens
     if available <= 0:
         raise MedalignError(
@@ -626,17 +707,15 @@ def assemble_event_context(
         )
     costs = _costs(index, counter)
     fixed = costs.empty_context
-    sheet, pairs = None, set()
-    if flowsheet_min_values is None:
-        flowsheet_min_values = FLOWSHEET_MIN_VALUES
-    if flowsheet_min_values:
-        sheet = _flowsheet_costs(index, counter)
-        pairs = _flowsheet_pairs(index, costs, sheet, event_ranking, available, flowsheet_min_values, time_anchor)
-        if not pairs:
-            sheet = None
+    min_values = FLOWSHEET_MIN_VALUES if flowsheet_min_values is None else flowsheet_min_values
+    min_rows = TABLE_MIN_ROWS if table_min_rows is None else table_min_rows
+    layout = _Layout()
+    if min_values or min_rows:
+        layout = _layout(index, costs, _flowsheet_costs(index, counter), event_ranking, available, min_values,
+                         min_rows, time_anchor)
 
     def render(selected: dict[int, list[int]]) -> str:
-        return _render_event_text(index, _chronological(index, selected), sheet, pairs)
+        return _render_event_text(index, _chronological(index, selected), layout)
 
     # Per-item estimates are off from the exact count of the joined text (dates, separators, merges across
     # items), in either direction: pack by estimate, count exactly, rescale, keep the fullest packing that fits.
@@ -644,7 +723,7 @@ def assemble_event_context(
     target = available * 0.99
     best = None
     for _ in range(6):
-        packing = _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes, sheet, pairs)
+        packing = _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes, layout)
         text = render(packing.selected)
         tokens = counter.count(text)
         scale = packing.estimated_tokens / max(tokens, 1)
