@@ -336,7 +336,7 @@ COPY_FORWARD_OVERLAP = 0.8  # share of the shorter note's shingles found in the 
 FLOWSHEET_MIN_VALUES = 3
 # Tables: at least this many other events of one type (drugs, procedures ...) under one encounter are written as plain
 # rows ("time name value unit detail") under one table header instead of XML events. Tuned likewise; 0 turns it off.
-TABLE_MIN_ROWS = 4
+TABLE_MIN_ROWS = 2
 FLOWSHEET_MAX_TEXT = 160  # events with longer free text (notes, long comments) always keep their own XML line
 _FLOWSHEET_INDENT = "    "
 
