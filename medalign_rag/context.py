@@ -523,6 +523,31 @@ def _layout(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCosts, order
     return _Layout(sheet if sheets or tables else None, sheets, tables)
 
 
+def _fact(event: Event) -> tuple:
+    """What a compact item shows of an event: events with the same fact are written once, with a count."""
+    return event.timestamp, event.name, event.code, event.value, event.unit, event.text
+
+
+REPEAT_COST = 3  # tokens of the " (x2)" that stands for a repeated fact
+
+
+def _once_each(values: list[Event], render) -> list[str]:
+    """Items in time order, one per distinct fact ("08:00 15 SC; HS (x4)"), the date written when it changes."""
+    counts: dict[tuple, int] = {}
+    first: dict[tuple, Event] = {}
+    for event in values:
+        fact = _fact(event)
+        counts[fact] = counts.get(fact, 0) + 1
+        first.setdefault(fact, event)
+    items, last_day = [], None
+    for fact, event in first.items():
+        day = event.timestamp.date()
+        item = render(event, day != last_day)
+        items.append(item + (f" (x{counts[fact]})" if counts[fact] > 1 else ""))
+        last_day = day
+    return items
+
+
 def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], layout: _Layout) -> str:
     """The chosen events under their encounter headers: first the encounter's flowsheet lines (one per concept,
     values in time order, the date written when it changes), then its tables (one row per event), then the rest
@@ -545,19 +570,11 @@ def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], l
             else:
                 rest.append(item)
         for key, values in sheets.items():
-            parts, last_day = [], None
-            for event in values:
-                day = event.timestamp.date()
-                parts.append(_flowsheet_item(event, with_date=day != last_day))
-                last_day = day
+            parts = _once_each(values, _flowsheet_item)
             lines.append(_flowsheet_open(layout.sheet.keys[key]) + "; ".join(parts) + "</flowsheet>")
         for kind, values in tables.items():
             lines.append(_table_open(layout.sheet.types[kind]))
-            last_day = None
-            for event in values:
-                day = event.timestamp.date()
-                lines.append(_table_row(event, with_date=day != last_day))
-                last_day = day
+            lines.extend(_once_each(values, _table_row))
             lines.append(_TABLE_CLOSE)
         last_stamp = None
         for _, position, i in rest:
@@ -605,6 +622,7 @@ def _pack_events(
     layout = layout or _Layout()
     sheet = layout.sheet
     compact_days: dict[tuple[str, str, int], set] = {}
+    compact_facts: set[tuple] = set()
     selected: dict[int, set[int]] = {}
     notes: list[tuple[frozenset[int], int, int]] = []  # shingles, chunk position, event position
     also_cited: dict[str, list[str]] = {}
@@ -644,7 +662,9 @@ def _pack_events(
             shingles = None
         place, number = layout.place(chunk.encounter_id, position, i)
         compact = (place, chunk.encounter_id, number)
-        if place != "xml":
+        if place != "xml" and (compact, _fact(event)) in compact_facts:
+            step = REPEAT_COST
+        elif place != "xml":
             days = compact_days.get(compact)
             if place == "sheet":
                 step = sheet.item_cost[position][i] + (sheet.line_cost[number] if days is None else 0)
@@ -668,6 +688,7 @@ def _pack_events(
         opened.add(chunk.encounter_id)
         if place != "xml":
             compact_days.setdefault(compact, set()).add(event.timestamp.date())
+            compact_facts.add((compact, _fact(event)))
         else:
             entries.add((chunk.encounter_id, event.timestamp))
         used += step

@@ -45,12 +45,13 @@ def vitals_record() -> PatientRecord:
 
 
 def shown_values(text: str) -> int:
-    """How many events the text shows: XML events, flowsheet items and table rows."""
+    """How many events the text shows: XML events, flowsheet items and table rows (with their repeat counts)."""
     root = ET.fromstring(text)  # well-formed XML, flowsheets and tables included
     events = len(root.findall(".//event"))
-    items = sum(len(sheet.text.split("; ")) for sheet in root.findall(".//flowsheet"))
-    rows = sum(len([r for r in table.text.split("\n") if r.strip()]) for table in root.findall(".//table"))
-    return events + items + rows
+    items = [item for sheet in root.findall(".//flowsheet") for item in sheet.text.split("; ")]
+    items += [row for table in root.findall(".//table") for row in table.text.split("\n") if row.strip()]
+    repeats = [re.search(r" \(x(\d+)\)$", item) for item in items]  # one item stands for n identical facts
+    return events + sum(int(r.group(1)) if r else 1 for r in repeats)
 
 
 def test_a_flowsheet_fits_many_more_values_of_one_concept():
