@@ -3,7 +3,9 @@
 `full` is MedAlign's baseline: the serialized record cut from the front so the most recent part fits.
 Retrieval strategies pack ranked chunks until the budget is full, trimming the last one at event boundaries,
 then put what they chose back in chronological order. Either way the text is the release-layout XML of the
-chosen events, so every cut is on an event boundary.
+chosen events, so every cut is on an event boundary. Event-level packing (`assemble_event_context`) may write many
+values of one concept as one `<flowsheet>` line and many events of one type as a `<table>` of plain rows; the text
+stays well-formed XML and every event shown is cited by id in `event_ids`.
 """
 
 from __future__ import annotations

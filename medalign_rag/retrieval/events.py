@@ -9,12 +9,17 @@ on whole 256-token encounter chunks, most of whose events are not what was asked
    this patient's own concept names; the events of matched concepts inside the question's period (or visit) come
    first, best concept first, in the question's direction (newest first for "latest", oldest for "first", newest
    first otherwise), interleaved across concepts so that each matched concept shows its leading values early.
+   Words of the question that occur only in events' short free text, never in a concept name ("via the pr
+   route" -> "PR; QHS"), are details, not concepts: candidates holding them come first, and they are not matched
+   as concept names. A named concept's events outside the question's period follow those inside it (the period
+   steers, it does not hide the concept's other values).
 3. **Text retrieval**: `temporal`'s chunk ranking (hybrid dense + BM25 steered by the same cues); the events of
    the ranked chunks follow, chunk by chunk, so anything concept matching missed is still reached as `temporal`
    would reach it.
 
 Chunks stay the unit of the FAISS index; events are ranked inside them. Context assembly packs the ranked events
-under their encounter headers in chronological order (context.assemble_context with an event ranking).
+under their encounter headers in chronological order (context.assemble_context with an event ranking), many values
+of one concept as one flowsheet line and many events of one type as a compact table.
 """
 
 from __future__ import annotations
@@ -177,11 +182,8 @@ class EventsRetriever(PatientRetriever):
             details = self._detail_words(cues, table)
             content = cues.content_query
             if details:
-                content = re.sub(r"(?i)(?<![\w/])(?:" + "|".join(map(re.escape, sorted(details))) + r")(?![\w/])",
-                                 " ", content)
-                detail_free = re.sub(r"(?i)(?<![\w/])(?:" + "|".join(map(re.escape, sorted(details)))
-                                     + r")(?![\w/])", " ", query)
-                expansions = [e for e in self.vocabulary.meanings_in(detail_free, visits=False,
+                content = _without_words(content, details)
+                expansions = [e for e in self.vocabulary.meanings_in(_without_words(query, details), visits=False,
                                                                       asking_words=ASKING_WORDS)
                               if e not in VISIT_WORD_MEANINGS]
             specific = table.match(strip_kind_words(content), embedder=embedder, limit=self.max_concepts,
@@ -278,3 +280,8 @@ def _name_words(index: PatientIndex, table: ConceptTable) -> frozenset[str]:
     words = frozenset(w for text in table.search_texts for w in _DETAIL_TOKEN.findall(text.lower()))
     _NAME_WORDS[index.state] = (table, words)
     return words
+
+
+def _without_words(text: str, words: set[str]) -> str:
+    pattern = r"(?i)(?<![\w/])(?:" + "|".join(map(re.escape, sorted(words))) + r")(?![\w/])"
+    return re.sub(pattern, " ", text)
