@@ -396,7 +396,7 @@ def _table_row(event: Event, with_date: bool) -> str:
         fields.append(_shorter_times(event.text, event.timestamp.strftime("%Y-%m-%d")))
     stamp = (event.timestamp.strftime("%Y-%m-%d ") if with_date else "") + _flowsheet_time(event.timestamp)
     row = " ".join(f for f in fields if f)
-    return _FLOWSHEET_INDENT + "  " + escape(f"{stamp} {row}".rstrip(), {"\r": "&#13;"})
+    return escape(f"{stamp} {row}".rstrip(), {"\r": "&#13;"})
 
 
 def _flowsheet_open(key: tuple[str, str | None, str | None, str | None]) -> str:
@@ -411,6 +411,7 @@ def _table_open(kind: str) -> str:
 
 
 _TABLE_CLOSE = f"{_FLOWSHEET_INDENT}</table>"
+_ROW_INDENT = _FLOWSHEET_INDENT + "  "
 
 
 @dataclass
@@ -426,6 +427,9 @@ class FlowsheetCosts:
     types: list[str]
     row_cost: list[list[int]]  # the event as a table row, with its newline
     table_cost: list[int]  # per type: the table's opening and closing lines
+    item_text: list[list[str]]  # the flowsheet item without its date, rendered once
+    row_text: list[list[str]]  # the table row without its date and indentation, rendered once
+    fact_of: list[list[int]]  # same number: same time, name, code, value, unit and text (written once)
 
 
 _FLOWSHEET_COSTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -438,33 +442,41 @@ def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCos
         return cached
     key_number: dict[tuple, int] = {}
     type_number: dict[str, int] = {}
+    fact_number: dict[tuple, int] = {}
     key_of: list[list[int]] = []
     type_of: list[list[int]] = []
+    fact_of: list[list[int]] = []
     items: list[str] = []
     rows: list[str] = []
     for chunk in index.chunks:
-        keys_row, types_row = [], []
+        keys_row, types_row, facts_row = [], [], []
         for event in chunk.events:
             key = _flowsheet_key(event)
             keys_row.append(-1 if key is None else key_number.setdefault(key, len(key_number)))
             types_row.append(-1 if key is None else type_number.setdefault(key[0], len(type_number)))
+            facts_row.append(fact_number.setdefault(_fact(event), len(fact_number)))
             items.append(_flowsheet_item(event, with_date=False))
             rows.append(_table_row(event, with_date=False))
         key_of.append(keys_row)
         type_of.append(types_row)
+        fact_of.append(facts_row)
     flat_items = [c + 1 for c in count_many(counter, items)]  # +1: the "; " between items
-    flat_rows = [c + 1 for c in count_many(counter, rows)]  # +1: the newline
-    item_cost, row_cost, at = [], [], 0
+    flat_rows = [c + 1 for c in count_many(counter, [_ROW_INDENT + row for row in rows])]  # +1: the newline
+    item_cost, row_cost, item_text, row_text, at = [], [], [], [], 0
     for chunk in index.chunks:
-        item_cost.append(flat_items[at : at + len(chunk.events)])
-        row_cost.append(flat_rows[at : at + len(chunk.events)])
-        at += len(chunk.events)
+        end = at + len(chunk.events)
+        item_cost.append(flat_items[at:end])
+        row_cost.append(flat_rows[at:end])
+        item_text.append(items[at:end])
+        row_text.append(rows[at:end])
+        at = end
     keys, types = list(key_number), list(type_number)
     line_cost = [c + 2 for c in count_many(counter, [_flowsheet_open(k) + "</flowsheet>" for k in keys])]
     table_cost = [c + 2 for c in count_many(counter, [_table_open(t) + "\n" + _TABLE_CLOSE for t in types])]
     costs = FlowsheetCosts(key_of=key_of, keys=keys, item_cost=item_cost, line_cost=line_cost,
                            date_cost=counter.count("2000-01-01 "), type_of=type_of, types=types,
-                           row_cost=row_cost, table_cost=table_cost)
+                           row_cost=row_cost, table_cost=table_cost, item_text=item_text, row_text=row_text,
+                           fact_of=fact_of)
     per_index[counter.name] = costs
     return costs
 
@@ -533,20 +545,22 @@ def _fact(event: Event) -> tuple:
 REPEAT_COST = 3  # tokens of the " (x2)" that stands for a repeated fact
 
 
-def _once_each(values: list[Event], render) -> list[str]:
-    """Items in time order, one per distinct fact ("08:00 15 SC; HS (x4)"), the date written when it changes."""
-    counts: dict[tuple, int] = {}
-    first: dict[tuple, Event] = {}
-    for event in values:
-        fact = _fact(event)
+def _once_each(values: list[tuple[Event, int, str]]) -> list[str]:
+    """(event, fact number, text without date) in time order -> one item per distinct fact ("08:00 15 SC; HS
+    (x4)"), the date written where it changes."""
+    counts: dict[int, int] = {}
+    first: dict[int, tuple[Event, str]] = {}
+    for event, fact, text in values:
         counts[fact] = counts.get(fact, 0) + 1
-        first.setdefault(fact, event)
+        if fact not in first:
+            first[fact] = (event, text)
     items, last_day = [], None
-    for fact, event in first.items():
+    for fact, (event, text) in first.items():
         day = event.timestamp.date()
-        item = render(event, day != last_day)
-        items.append(item + (f" (x{counts[fact]})" if counts[fact] > 1 else ""))
-        last_day = day
+        if day != last_day:
+            text = event.timestamp.strftime("%Y-%m-%d ") + text
+            last_day = day
+        items.append(text if counts[fact] == 1 else f"{text} (x{counts[fact]})")
     return items
 
 
@@ -560,23 +574,25 @@ def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], l
         lines.append(cache.encounter_open[encounter_id])
         lines.append(EVENTS_OPEN)
         rest: list[tuple[int, int, int]] = []
-        sheets: dict[int, list[Event]] = {}
-        tables: dict[int, list[Event]] = {}
+        sheets: dict[int, list[tuple[Event, int, str]]] = {}
+        tables: dict[int, list[tuple[Event, int, str]]] = {}
+        sheet = layout.sheet
         for item in group:
             _, position, i = item
             place, number = layout.place(encounter_id, position, i)
             if place == "sheet":
-                sheets.setdefault(number, []).append(index.chunks[position].events[i])
+                sheets.setdefault(number, []).append(
+                    (index.chunks[position].events[i], sheet.fact_of[position][i], sheet.item_text[position][i]))
             elif place == "table":
-                tables.setdefault(number, []).append(index.chunks[position].events[i])
+                tables.setdefault(number, []).append(
+                    (index.chunks[position].events[i], sheet.fact_of[position][i], sheet.row_text[position][i]))
             else:
                 rest.append(item)
         for key, values in sheets.items():
-            parts = _once_each(values, _flowsheet_item)
-            lines.append(_flowsheet_open(layout.sheet.keys[key]) + "; ".join(parts) + "</flowsheet>")
+            lines.append(_flowsheet_open(sheet.keys[key]) + "; ".join(_once_each(values)) + "</flowsheet>")
         for kind, values in tables.items():
-            lines.append(_table_open(layout.sheet.types[kind]))
-            lines.extend(_once_each(values, _table_row))
+            lines.append(_table_open(sheet.types[kind]))
+            lines.extend(_ROW_INDENT + row for row in _once_each(values))
             lines.append(_TABLE_CLOSE)
         last_stamp = None
         for _, position, i in rest:
@@ -664,7 +680,7 @@ def _pack_events(
             shingles = None
         place, number = layout.place(chunk.encounter_id, position, i)
         compact = (place, chunk.encounter_id, number)
-        if place != "xml" and (compact, _fact(event)) in compact_facts:
+        if place != "xml" and (compact, sheet.fact_of[position][i]) in compact_facts:
             step = REPEAT_COST
         elif place != "xml":
             days = compact_days.get(compact)
@@ -690,7 +706,7 @@ def _pack_events(
         opened.add(chunk.encounter_id)
         if place != "xml":
             compact_days.setdefault(compact, set()).add(event.timestamp.date())
-            compact_facts.add((compact, _fact(event)))
+            compact_facts.add((compact, sheet.fact_of[position][i]))
         else:
             entries.add((chunk.encounter_id, event.timestamp))
         used += step

@@ -114,6 +114,7 @@ class EventsRetriever(PatientRetriever):
         """Every event not after the time anchor, best first."""
         table = self.table
         cues = self.last_cues = parse_cues(query, self.time_anchor)
+        self.text.parsed = (query, cues)
         visible = np.ones(len(table.event_time), dtype=bool)
         if self.time_anchor is not None:
             visible = table.event_time <= _stamp(self.time_anchor)
@@ -237,7 +238,11 @@ class EventsRetriever(PatientRetriever):
 class _CueTemporal(TemporalRetriever):
     """`temporal`'s chunk ranking, reading the cues the way `events` does (shorthand and dateparser too)."""
 
+    parsed: tuple[str, TemporalCues] | None = None  # the cues `events` already parsed for this question
+
     def cues(self, query: str) -> TemporalCues:
+        if self.parsed is not None and self.parsed[0] == query:
+            return self.parsed[1]  # dateparser's search is the slowest step of ranking: parse once per question
         return parse_cues(query, self.time_anchor)
 
 
