@@ -209,9 +209,12 @@ class EventsRetriever(PatientRetriever):
         words = {w for w in _DETAIL_TOKEN.findall(cues.content_query.lower())
                  if len(w) > 1 and w not in ASKING_WORDS and not w.isdigit()}
         postings = _detail_postings(self.index, table)
+        words &= postings.keys()
+        if not words:
+            return None
         found: set[int] = set()
         pool = set(candidates)
-        for word in words & postings.keys():
+        for word in words:
             hits = pool.intersection(postings[word])
             if hits and len(hits) <= DETAIL_SHARE * len(pool):
                 found |= hits
