@@ -11,8 +11,7 @@ on whole 256-token encounter chunks, most of whose events are not what was asked
    first otherwise), interleaved across concepts so that each matched concept shows its leading values early.
    Words of the question that occur only in events' short free text, never in a concept name ("via the pr
    route" -> "PR; QHS"), are details, not concepts: candidates holding them come first, and they are not matched
-   as concept names. A named concept's events outside the question's period follow those inside it (the period
-   steers, it does not hide the concept's other values).
+   as concept names.
 3. **Text retrieval**: `temporal`'s chunk ranking (hybrid dense + BM25 steered by the same cues); the events of
    the ranked chunks follow, chunk by chunk, so anything concept matching missed is still reached as `temporal`
    would reach it.
@@ -72,7 +71,7 @@ class EventsRetriever(PatientRetriever):
                  time_anchor: datetime | None = None, vocabulary: Vocabulary | None = None,
                  max_concepts: int = MAX_CONCEPTS, strong_match: float = STRONG_MATCH,
                  kind_fallback: float = KIND_FALLBACK, dense_concepts: bool = True,
-                 max_ranked_tokens: int = MAX_RANKED_TOKENS, outside_period: bool = True) -> None:
+                 max_ranked_tokens: int = MAX_RANKED_TOKENS) -> None:
         super().__init__(index, top_k=top_k, time_anchor=time_anchor)
         self.embedder = embedder
         self.vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
@@ -82,8 +81,6 @@ class EventsRetriever(PatientRetriever):
         self.kind_fallback = kind_fallback
         self.max_ranked_tokens = max_ranked_tokens
         self.dense_concepts = dense_concepts
-        self.outside_period = outside_period
-        self._kind_level = False
         self.last_cues: TemporalCues | None = None
         self.last_matches: list[ConceptMatch] = []
 
@@ -126,19 +123,16 @@ class EventsRetriever(PatientRetriever):
         # any potassium concept first; the first drug of any drug), weaker matches after them.
         strong: list[int] = []
         weak: list[int] = []
-        outside: list[int] = []  # a named concept's events outside the question's period, after those inside it
         for match in matches:
             events = table.concepts[match.concept].events
             events = events[visible[events]]
             if in_period is not None:
-                if self.outside_period and match.score >= self.strong_match and not self._kind_level:
-                    outside.extend(int(e) for e in events[~in_period[events]])
-                events = events[in_period[events]]
+                events = events[in_period[events]]  # outside the period: reached through text retrieval only
             (strong if match.score >= self.strong_match else weak).extend(int(e) for e in events)
         newest_first = cues.direction != "first"
         detail = self._detail_events(cues, table, strong + weak)
-        head = []
-        for events in (strong, weak, outside):
+        head: list[int] = []
+        for events in (strong, weak):
             if detail is not None:
                 head += _by_time(table, [e for e in events if e in detail], newest_first)
                 events = [e for e in events if e not in detail]
@@ -171,7 +165,6 @@ class EventsRetriever(PatientRetriever):
     def _concepts(self, query: str, cues: TemporalCues, table: ConceptTable) -> list[ConceptMatch]:
         """Concepts the question asks about. A question that names only a kind of fact ("the first drug
         prescribed", "any procedure", "hospital visits") asks about every concept of that kind."""
-        self._kind_level = False
         # visit words are time cues, not what the question asks about
         expansions = [e for e in self.vocabulary.meanings_in(query, visits=False, asking_words=ASKING_WORDS)
                       if e not in VISIT_WORD_MEANINGS]
@@ -190,7 +183,6 @@ class EventsRetriever(PatientRetriever):
             specific = table.match(strip_kind_words(content), embedder=embedder, limit=self.max_concepts,
                                    expansions=[strip_kind_words(e) for e in expansions])
             if not specific or specific[0].coverage < self.kind_fallback:
-                self._kind_level = True
                 return [ConceptMatch(n, 1.0, 1.0, 0.0) for n, c in enumerate(table.concepts) if c.kind in kinds]
         return table.match(cues.content_query, expansions=expansions, embedder=embedder, limit=self.max_concepts)
 
@@ -293,3 +285,4 @@ def _name_words(index: PatientIndex, table: ConceptTable) -> frozenset[str]:
 def _without_words(text: str, words: set[str]) -> str:
     pattern = r"(?i)(?<![\w/])(?:" + "|".join(map(re.escape, sorted(words))) + r")(?![\w/])"
     return re.sub(pattern, " ", text)
+
