@@ -3,21 +3,26 @@
 `full` is MedAlign's baseline: the serialized record cut from the front so the most recent part fits.
 Retrieval strategies pack ranked chunks until the budget is full, trimming the last one at event boundaries,
 then put what they chose back in chronological order. Either way the text is the release-layout XML of the
-chosen events, so every cut is on an event boundary.
+chosen events, so every cut is on an event boundary. Event-level packing (`assemble_event_context`) may write many
+values of one concept as one `<flowsheet>` line and many events of one type as a `<table>` of plain rows; the text
+stays well-formed XML and every event shown is cited by id in `event_ids`.
 """
 
 from __future__ import annotations
 
+import re
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
 from typing import Sequence
+from xml.sax.saxutils import escape, quoteattr
 
 from pydantic import BaseModel
 
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.store import PatientIndex
-from medalign_rag.records.model import Event
+from medalign_rag.records.model import OMOP_TABLE_BY_KIND, Event, EventKind
 from medalign_rag.records.serialize import (
     ENCOUNTER_CLOSE,
     ENTRY_CLOSE,
@@ -326,6 +331,17 @@ def format_citation(citation: Citation) -> str:
 COPY_FORWARD_SHINGLE = 5  # words per shingle
 COPY_FORWARD_OVERLAP = 0.8  # share of the shorter note's shingles found in the other: a copied-forward note
 
+# Flowsheet rendering: when at least this many values of one concept (same type, code, name and unit) are among the
+# events an encounter could show, they are written as one line under the encounter header ("name (unit): time value;
+# time value; ...") instead of one XML event each; name, code, unit and the entry wrapper are then paid once, not
+# per value. Tuned on the tune part of FHIR-AgentBench dev (benchmarks/ablation/events). None or 0 turns it off.
+FLOWSHEET_MIN_VALUES = 3
+# Tables: at least this many other events of one type (drugs, procedures ...) under one encounter are written as plain
+# rows ("time name value unit detail") under one table header instead of XML events. Tuned likewise; 0 turns it off.
+TABLE_MIN_ROWS = 2
+FLOWSHEET_MAX_TEXT = 160  # events with longer free text (notes, long comments) always keep their own XML line
+_FLOWSHEET_INDENT = "    "
+
 
 def _shingles(text: str) -> frozenset[int]:
     words = text.lower().split()
@@ -337,6 +353,265 @@ def near_duplicate(a: frozenset[int], b: frozenset[int], threshold: float = COPY
     if not a or not b:
         return False
     return len(a & b) / min(len(a), len(b)) >= threshold
+
+
+def _flowsheet_key(event: Event) -> tuple[str, str | None, str | None, str | None] | None:
+    """The concept a value belongs to on a flowsheet line; None for what must keep its own line (notes, text)."""
+    if event.kind is EventKind.note or (event.text is not None and len(event.text) > FLOWSHEET_MAX_TEXT):
+        return None
+    return (event.source_type or OMOP_TABLE_BY_KIND[event.kind], event.code, event.name, event.unit)
+
+
+def _flowsheet_time(stamp: datetime) -> str:
+    return stamp.strftime("%H:%M:%S" if stamp.second or stamp.microsecond else "%H:%M")
+
+
+_TIMESTAMP_IN_TEXT = re.compile(r"\b(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2})(:\d{2}(?:\.\d+)?)?\b")
+
+
+def _shorter_times(text: str, day: str) -> str:
+    """Times inside a value's text ("until 2137-06-21 10:00:00") without the item's own date or zero seconds."""
+    def shorten(match: re.Match) -> str:
+        seconds = match.group(3) or ""
+        seconds = "" if seconds in ("", ":00") else seconds
+        date = "" if match.group(1) == day else match.group(1) + " "
+        return f"{date}{match.group(2)}{seconds}"
+
+    return _TIMESTAMP_IN_TEXT.sub(shorten, text)
+
+
+def _flowsheet_item(event: Event, with_date: bool) -> str:
+    body = event.value or ""
+    if event.text:
+        text = _shorter_times(event.text, event.timestamp.strftime("%Y-%m-%d"))
+        body = f"{body} {text}" if body else text
+    stamp = (event.timestamp.strftime("%Y-%m-%d ") if with_date else "") + _flowsheet_time(event.timestamp)
+    return escape(f"{stamp} {body}".rstrip(), {"\r": "&#13;"})
+
+
+def _table_row(event: Event, with_date: bool) -> str:
+    """One event as a row of its type's table: time, name (or code), value, unit and text, no markup."""
+    fields = [event.name or event.code or "", event.value or "", event.unit or ""]
+    if event.text:
+        fields.append(_shorter_times(event.text, event.timestamp.strftime("%Y-%m-%d")))
+    stamp = (event.timestamp.strftime("%Y-%m-%d ") if with_date else "") + _flowsheet_time(event.timestamp)
+    row = " ".join(f for f in fields if f)
+    return escape(f"{stamp} {row}".rstrip(), {"\r": "&#13;"})
+
+
+def _flowsheet_open(key: tuple[str, str | None, str | None, str | None]) -> str:
+    kind, code, name, unit = key
+    attrs = "".join(f" {k}={quoteattr(v)}" for k, v in (("type", kind), ("code", code), ("name", name),
+                                                          ("unit", unit)) if v not in (None, ""))
+    return f"{_FLOWSHEET_INDENT}<flowsheet{attrs}>"
+
+
+def _table_open(kind: str) -> str:
+    return f"{_FLOWSHEET_INDENT}<table type={quoteattr(kind)} columns=\"time name value unit detail\">"
+
+
+_TABLE_CLOSE = f"{_FLOWSHEET_INDENT}</table>"
+_ROW_INDENT = _FLOWSHEET_INDENT + "  "
+
+
+@dataclass
+class FlowsheetCosts:
+    """Per-event flowsheet and table keys and costs for one (index, tokenizer) pair, computed once."""
+
+    key_of: list[list[int]]  # [chunk position][event position] -> concept key number, -1: keeps its XML line
+    keys: list[tuple]
+    item_cost: list[list[int]]  # the value with its time of day, and the separator
+    line_cost: list[int]  # per key: the line's opening and closing tags and its newline
+    date_cost: int  # a date written before the time, once per day on a line or in a table
+    type_of: list[list[int]]  # [chunk position][event position] -> type number (-1 with key -1)
+    types: list[str]
+    row_cost: list[list[int]]  # the event as a table row, with its newline
+    table_cost: list[int]  # per type: the table's opening and closing lines
+    item_text: list[list[str]]  # the flowsheet item without its date, rendered once
+    row_text: list[list[str]]  # the table row without its date and indentation, rendered once
+    fact_of: list[list[int]]  # same number: same time, name, code, value, unit and text (written once)
+
+
+_FLOWSHEET_COSTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCosts:
+    per_index = _FLOWSHEET_COSTS.setdefault(index.state, {})
+    cached = per_index.get(counter.name)
+    if cached is not None:
+        return cached
+    key_number: dict[tuple, int] = {}
+    type_number: dict[str, int] = {}
+    fact_number: dict[tuple, int] = {}
+    key_of: list[list[int]] = []
+    type_of: list[list[int]] = []
+    fact_of: list[list[int]] = []
+    items: list[str] = []
+    rows: list[str] = []
+    for chunk in index.chunks:
+        keys_row, types_row, facts_row = [], [], []
+        for event in chunk.events:
+            key = _flowsheet_key(event)
+            keys_row.append(-1 if key is None else key_number.setdefault(key, len(key_number)))
+            types_row.append(-1 if key is None else type_number.setdefault(key[0], len(type_number)))
+            facts_row.append(fact_number.setdefault(_fact(event), len(fact_number)))
+            items.append(_flowsheet_item(event, with_date=False))
+            rows.append(_table_row(event, with_date=False))
+        key_of.append(keys_row)
+        type_of.append(types_row)
+        fact_of.append(facts_row)
+    flat_items = [c + 1 for c in count_many(counter, items)]  # +1: the "; " between items
+    flat_rows = [c + 1 for c in count_many(counter, [_ROW_INDENT + row for row in rows])]  # +1: the newline
+    item_cost, row_cost, item_text, row_text, at = [], [], [], [], 0
+    for chunk in index.chunks:
+        end = at + len(chunk.events)
+        item_cost.append(flat_items[at:end])
+        row_cost.append(flat_rows[at:end])
+        item_text.append(items[at:end])
+        row_text.append(rows[at:end])
+        at = end
+    keys, types = list(key_number), list(type_number)
+    line_cost = [c + 2 for c in count_many(counter, [_flowsheet_open(k) + "</flowsheet>" for k in keys])]
+    table_cost = [c + 2 for c in count_many(counter, [_table_open(t) + "\n" + _TABLE_CLOSE for t in types])]
+    costs = FlowsheetCosts(key_of=key_of, keys=keys, item_cost=item_cost, line_cost=line_cost,
+                           date_cost=counter.count("2000-01-01 "), type_of=type_of, types=types,
+                           row_cost=row_cost, table_cost=table_cost, item_text=item_text, row_text=row_text,
+                           fact_of=fact_of)
+    per_index[counter.name] = costs
+    return costs
+
+
+@dataclass
+class _Layout:
+    """How the chosen events of an encounter are written: (encounter, concept key) pairs as flowsheet lines,
+    (encounter, type) pairs as tables, everything else as XML entries."""
+
+    sheet: FlowsheetCosts | None = None
+    sheets: set = field(default_factory=set)
+    tables: set = field(default_factory=set)
+
+    def place(self, encounter_id: str, position: int, i: int) -> tuple[str, int]:
+        """("sheet", key), ("table", type) or ("xml", -1) for one event."""
+        if self.sheet is None:
+            return "xml", -1
+        key = self.sheet.key_of[position][i]
+        if key < 0:
+            return "xml", -1
+        if (encounter_id, key) in self.sheets:
+            return "sheet", key
+        kind = self.sheet.type_of[position][i]
+        if (encounter_id, kind) in self.tables:
+            return "table", kind
+        return "xml", -1
+
+
+def _layout(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCosts, order: Sequence[tuple[int, int]],
+            available: float, min_values: int, min_rows: int, time_anchor: datetime | None) -> _Layout:
+    """Flowsheet pairs: at least `min_values` values of one concept under one encounter among the ranked events
+    that could reach the context (the head of the ranking that fits `available` at the compact prices); table
+    pairs: at least `min_rows` other events of one type under one encounter in that head."""
+    head: list[tuple[str, int, int]] = []
+    concept_counts: dict[tuple[str, int], int] = {}
+    spent = 0.0
+    for position, i in order:
+        chunk = index.chunks[position]
+        if time_anchor is not None and chunk.events[i].timestamp > time_anchor:
+            continue
+        key = sheet.key_of[position][i]
+        if key < 0:
+            spent += costs.event_cost[position][i]
+        else:
+            pair = (chunk.encounter_id, key)
+            concept_counts[pair] = concept_counts.get(pair, 0) + 1
+            head.append((chunk.encounter_id, position, i))
+            spent += sheet.item_cost[position][i]
+        if spent > available:
+            break
+    sheets = {pair for pair, n in concept_counts.items() if n >= min_values} if min_values else set()
+    type_counts: dict[tuple[str, int], int] = {}
+    for encounter_id, position, i in head:
+        if (encounter_id, sheet.key_of[position][i]) not in sheets:
+            pair = (encounter_id, sheet.type_of[position][i])
+            type_counts[pair] = type_counts.get(pair, 0) + 1
+    tables = {pair for pair, n in type_counts.items() if n >= min_rows} if min_rows else set()
+    return _Layout(sheet if sheets or tables else None, sheets, tables)
+
+
+def _fact(event: Event) -> tuple:
+    """What a compact item shows of an event: events with the same fact are written once, with a count."""
+    return event.timestamp, event.name, event.code, event.value, event.unit, event.text
+
+
+REPEAT_COST = 3  # tokens of the " (x2)" that stands for a repeated fact
+
+
+def _once_each(values: list[tuple[Event, int, str]]) -> list[str]:
+    """(event, fact number, text without date) in time order -> one item per distinct fact ("08:00 15 SC; HS
+    (x4)"), the date written where it changes."""
+    counts: dict[int, int] = {}
+    first: dict[int, tuple[Event, str]] = {}
+    for event, fact, text in values:
+        counts[fact] = counts.get(fact, 0) + 1
+        if fact not in first:
+            first[fact] = (event, text)
+    items, last_day = [], None
+    for fact, (event, text) in first.items():
+        day = event.timestamp.date()
+        if day != last_day:
+            text = event.timestamp.strftime("%Y-%m-%d ") + text
+            last_day = day
+        items.append(text if counts[fact] == 1 else f"{text} (x{counts[fact]})")
+    return items
+
+
+def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], layout: _Layout) -> str:
+    """The chosen events under their encounter headers: first the encounter's flowsheet lines (one per concept,
+    values in time order, the date written when it changes), then its tables (one row per event), then the rest
+    as XML entries."""
+    cache = _render_cache(index)
+    lines = [render_stream_open(index.patient_id)]
+    for encounter_id, group in groupby(items, key=lambda item: index.chunks[item[1]].encounter_id):
+        lines.append(cache.encounter_open[encounter_id])
+        lines.append(EVENTS_OPEN)
+        rest: list[tuple[int, int, int]] = []
+        sheets: dict[int, list[tuple[Event, int, str]]] = {}
+        tables: dict[int, list[tuple[Event, int, str]]] = {}
+        sheet = layout.sheet
+        for item in group:
+            _, position, i = item
+            place, number = layout.place(encounter_id, position, i)
+            if place == "sheet":
+                sheets.setdefault(number, []).append(
+                    (index.chunks[position].events[i], sheet.fact_of[position][i], sheet.item_text[position][i]))
+            elif place == "table":
+                tables.setdefault(number, []).append(
+                    (index.chunks[position].events[i], sheet.fact_of[position][i], sheet.row_text[position][i]))
+            else:
+                rest.append(item)
+        for key, values in sheets.items():
+            lines.append(_flowsheet_open(sheet.keys[key]) + "; ".join(_once_each(values)) + "</flowsheet>")
+        for kind, values in tables.items():
+            lines.append(_table_open(sheet.types[kind]))
+            lines.extend(_ROW_INDENT + row for row in _once_each(values))
+            lines.append(_TABLE_CLOSE)
+        last_stamp = None
+        for _, position, i in rest:
+            stamp = index.chunks[position].events[i].timestamp
+            if stamp != last_stamp:
+                if last_stamp is not None:
+                    lines.append(ENTRY_CLOSE)
+                entry = cache.entry_open.get(stamp)
+                if entry is None:
+                    entry = cache.entry_open[stamp] = render_entry_open(stamp)
+                lines.append(entry)
+                last_stamp = stamp
+            lines.append(cache.event_lines[position][i])
+        if last_stamp is not None:
+            lines.append(ENTRY_CLOSE)
+        lines.append(EVENTS_CLOSE)
+        lines.append(ENCOUNTER_CLOSE)
+    lines.append(STREAM_CLOSE)
+    return "\n".join(lines) + "\n"
 
 
 class _EventPacking(BaseModel):
@@ -354,13 +629,18 @@ def _pack_events(
     fixed: int,
     time_anchor: datetime | None,
     dedupe_notes: bool,
+    layout: _Layout | None = None,
 ) -> _EventPacking:
     """Greedy by estimated cost in `order`; an event that does not fit is skipped and smaller ones may follow.
     A note that repeats an already packed note (copied forward) is not packed again: the later of the two is
-    kept, and it cites both."""
+    kept, and it cites both. A value on a flowsheet line or a table costs its item or row (the line or table once)."""
     used = fixed
     opened: set[str] = set()
     entries: set[tuple[str, datetime]] = set()
+    layout = layout or _Layout()
+    sheet = layout.sheet
+    compact_days: dict[tuple[str, str, int], set] = {}
+    compact_facts: set[tuple] = set()
     selected: dict[int, set[int]] = {}
     notes: list[tuple[frozenset[int], int, int]] = []  # shingles, chunk position, event position
     also_cited: dict[str, list[str]] = {}
@@ -398,9 +678,22 @@ def _pack_events(
                 continue
         else:
             shingles = None
-        step = costs.event_cost[position][i]
-        if (chunk.encounter_id, event.timestamp) not in entries:
-            step += costs.entry_cost
+        place, number = layout.place(chunk.encounter_id, position, i)
+        compact = (place, chunk.encounter_id, number)
+        if place != "xml" and (compact, sheet.fact_of[position][i]) in compact_facts:
+            step = REPEAT_COST
+        elif place != "xml":
+            days = compact_days.get(compact)
+            if place == "sheet":
+                step = sheet.item_cost[position][i] + (sheet.line_cost[number] if days is None else 0)
+            else:
+                step = sheet.row_cost[position][i] + (sheet.table_cost[number] if days is None else 0)
+            if days is None or event.timestamp.date() not in days:
+                step += sheet.date_cost
+        else:
+            step = costs.event_cost[position][i]
+            if (chunk.encounter_id, event.timestamp) not in entries:
+                step += costs.entry_cost
         if chunk.encounter_id not in opened:
             step += costs.encounter_cost[chunk.encounter_id]
         if used + step > available:
@@ -411,7 +704,11 @@ def _pack_events(
             continue
         selected.setdefault(position, set()).add(i)
         opened.add(chunk.encounter_id)
-        entries.add((chunk.encounter_id, event.timestamp))
+        if place != "xml":
+            compact_days.setdefault(compact, set()).add(event.timestamp.date())
+            compact_facts.add((compact, sheet.fact_of[position][i]))
+        else:
+            entries.add((chunk.encounter_id, event.timestamp))
         used += step
         if shingles is not None:
             notes.append((shingles, position, i))
@@ -430,9 +727,17 @@ def assemble_event_context(
     reserve_tokens: int = DEFAULT_ANSWER_RESERVE,
     time_anchor: datetime | None = None,
     dedupe_notes: bool = True,
+    flowsheet_min_values: int | None = None,
+    table_min_rows: int | None = None,
 ) -> AssembledContext:
     """Fit ranked events ((chunk position, event position), best first) into `budget` tokens, never more; the
-    chosen events are rendered under their encounter headers in record order and every one is cited by id."""
+    chosen events are rendered under their encounter headers in record order and every one is cited by id.
+
+    A concept with at least `flowsheet_min_values` values under one encounter among the events that could fit is
+    rendered as one flowsheet line (values with their times) rather than one XML event per value, and at least
+    `table_min_rows` other events of one type under one encounter as a table (one plain row per event). Either
+    way every event keeps its own time and is cited by id. None takes FLOWSHEET_MIN_VALUES / TABLE_MIN_ROWS,
+    0 turns that rendering off."""
     available = budget - overhead_tokens - reserve_tokens
     if available <= 0:
         raise MedalignError(
@@ -441,9 +746,34 @@ def assemble_event_context(
         )
     costs = _costs(index, counter)
     fixed = costs.empty_context
-    best, packing, text, tokens = _fit_by_rescaling(
-        index, counter, available,
-        lambda target: _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes))
+    min_values = FLOWSHEET_MIN_VALUES if flowsheet_min_values is None else flowsheet_min_values
+    min_rows = TABLE_MIN_ROWS if table_min_rows is None else table_min_rows
+    layout = _Layout()
+    if min_values or min_rows:
+        layout = _layout(index, costs, _flowsheet_costs(index, counter), event_ranking, available, min_values,
+                         min_rows, time_anchor)
+
+    def render(selected: dict[int, list[int]]) -> str:
+        return _render_event_text(index, _chronological(index, selected), layout)
+
+    # Per-item estimates are off from the exact count of the joined text (dates, separators, merges across
+    # items), in either direction: pack by estimate, count exactly, rescale, keep the fullest packing that fits.
+    tolerance = max(8, available // 100)
+    target = available * 0.99
+    best = None
+    for _ in range(6):
+        packing = _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes, layout)
+        text = render(packing.selected)
+        tokens = counter.count(text)
+        scale = packing.estimated_tokens / max(tokens, 1)
+        if tokens <= available:
+            if best is None or tokens > best[2]:
+                best = (packing, text, tokens)
+            if packing.complete or available - tokens <= tolerance:
+                break
+            target += (available - tokens) * scale * 0.98
+        else:
+            target -= (tokens - available) * scale * 1.02 + 1
     if best is None:
         # still over (pathological tokenization): drop the lowest-ranked chosen events until it fits
         rank_of = {item: r for r, item in enumerate(event_ranking)}
@@ -453,7 +783,7 @@ def assemble_event_context(
             packing.selected[p].remove(i)
             if not packing.selected[p]:
                 del packing.selected[p]
-            text = _render_text(index, _chronological(index, packing.selected))
+            text = render(packing.selected)
             tokens = counter.count(text)
         if tokens > available:
             raise MedalignError(f"budget {budget} is too small for even an empty record context ({tokens} tokens)")

@@ -9,17 +9,24 @@ on whole 256-token encounter chunks, most of whose events are not what was asked
    this patient's own concept names; the events of matched concepts inside the question's period (or visit) come
    first, best concept first, in the question's direction (newest first for "latest", oldest for "first", newest
    first otherwise), interleaved across concepts so that each matched concept shows its leading values early.
+   Words of the question that occur only in events' short free text, never in a concept name ("via the pr
+   route" -> "PR; QHS"), are details, not concepts: candidates holding them come first, and they are not matched
+   as concept names.
 3. **Text retrieval**: `temporal`'s chunk ranking (hybrid dense + BM25 steered by the same cues); the events of
    the ranked chunks follow, chunk by chunk, so anything concept matching missed is still reached as `temporal`
    would reach it.
 
 Chunks stay the unit of the FAISS index; events are ranked inside them. Context assembly packs the ranked events
-under their encounter headers in chronological order (context.assemble_context with an event ranking).
+under their encounter headers in chronological order (context.assemble_context with an event ranking), many values
+of one concept as one flowsheet line and many events of one type as a compact table.
 """
 
 from __future__ import annotations
 
+import re
+import weakref
 from datetime import datetime, timedelta
+
 import numpy as np
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
@@ -49,6 +56,9 @@ MAX_CONCEPTS = 12  # matched concepts whose events become candidates, best first
 STRONG_MATCH = 0.5  # a concept match at or above this fused score leads the ranking; weaker ones follow chunks
 MAX_RANKED_TOKENS = 131072  # events of ranked chunks are listed until their chunks hold this many tokens
 KIND_FALLBACK = 0.5  # a kind-level question ("any drug") names no concept: none covers half of its other words
+DETAIL_TEXT = 160  # events with at most this much free text (a drug's route and frequency) are searched for details
+DETAIL_SHARE = 0.5  # a detail word found in more than this share of the candidates does not tell them apart
+_DETAIL_TOKEN = re.compile(r"[a-z0-9][a-z0-9/.+-]*")
 
 
 @register_retriever("events", needs_embedder=True)
@@ -102,6 +112,7 @@ class EventsRetriever(PatientRetriever):
         """Every event not after the time anchor, best first."""
         table = self.table
         cues = self.last_cues = parse_cues(query, self.time_anchor)
+        self.text.parsed = (query, cues)
         visible = np.ones(len(table.event_time), dtype=bool)
         if self.time_anchor is not None:
             visible = table.event_time <= _stamp(self.time_anchor)
@@ -120,7 +131,13 @@ class EventsRetriever(PatientRetriever):
                 events = events[in_period[events]]  # outside the period: reached through text retrieval only
             (strong if match.score >= self.strong_match else weak).extend(int(e) for e in events)
         newest_first = cues.direction != "first"
-        head = _by_time(table, strong, newest_first) + _by_time(table, weak, newest_first)
+        detail = self._detail_events(cues, table, strong + weak)
+        head: list[int] = []
+        for events in (strong, weak):
+            if detail is not None:
+                head += _by_time(table, [e for e in events if e in detail], newest_first)
+                events = [e for e in events if e not in detail]
+            head += _by_time(table, events, newest_first)
 
         ranked_chunks = [p for p, _ in self.text.rank(self.vocabulary.readable(query, ASKING_WORDS))]
         order: list[EventPosition] = []
@@ -155,11 +172,46 @@ class EventsRetriever(PatientRetriever):
         embedder = self.embedder if self.dense_concepts else None
         kinds = kinds_named(f"{cues.content_query} {' '.join(expansions)}")
         if kinds:
-            specific = table.match(strip_kind_words(cues.content_query), embedder=embedder, limit=self.max_concepts,
+            # "a drug via the pr route": words found only in events' details (route, frequency), never in a concept
+            # name, say how, not what; matched as concept names they would pull in unrelated ones (pr -> platelets)
+            details = self._detail_words(cues, table)
+            content = cues.content_query
+            if details:
+                content = _without_words(content, details)
+                expansions = [e for e in self.vocabulary.meanings_in(_without_words(query, details), visits=False,
+                                                                      asking_words=ASKING_WORDS)
+                              if e not in VISIT_WORD_MEANINGS]
+            specific = table.match(strip_kind_words(content), embedder=embedder, limit=self.max_concepts,
                                    expansions=[strip_kind_words(e) for e in expansions])
             if not specific or specific[0].coverage < self.kind_fallback:
                 return [ConceptMatch(n, 1.0, 1.0, 0.0) for n, c in enumerate(table.concepts) if c.kind in kinds]
         return table.match(cues.content_query, expansions=expansions, embedder=embedder, limit=self.max_concepts)
+
+    def _detail_words(self, cues: TemporalCues, table: ConceptTable) -> set[str]:
+        """Words of the question found in events' short free text and in none of this patient's concept names."""
+        postings = _detail_postings(self.index, table)
+        words = {w for w in _DETAIL_TOKEN.findall(cues.content_query.lower())
+                 if len(w) > 1 and w not in ASKING_WORDS and not w.isdigit() and w in postings}
+        return words - _name_words(self.index, table)
+
+    def _detail_events(self, cues: TemporalCues, table: ConceptTable, candidates: list[int]) -> set[int] | None:
+        """Candidates whose short free text holds a word of the question that is not about the concept itself:
+        "via the pr route" -> the drugs given "PR; ONCE". None when no such word tells the candidates apart."""
+        if not candidates:
+            return None
+        words = {w for w in _DETAIL_TOKEN.findall(cues.content_query.lower())
+                 if len(w) > 1 and w not in ASKING_WORDS and not w.isdigit()}
+        postings = _detail_postings(self.index, table)
+        words &= postings.keys()
+        if not words:
+            return None
+        found: set[int] = set()
+        pool = set(candidates)
+        for word in words:
+            hits = pool.intersection(postings[word])
+            if hits and len(hits) <= DETAIL_SHARE * len(pool):
+                found |= hits
+        return found or None
 
     def _period_mask(self, cues: TemporalCues, table: ConceptTable) -> np.ndarray | None:
         """Events inside any of the question's windows or visits; None when the question names no period."""
@@ -182,7 +234,11 @@ class EventsRetriever(PatientRetriever):
 class _CueTemporal(TemporalRetriever):
     """`temporal`'s chunk ranking, reading the cues the way `events` does (shorthand and dateparser too)."""
 
+    parsed: tuple[str, TemporalCues] | None = None  # the cues `events` already parsed for this question
+
     def cues(self, query: str) -> TemporalCues:
+        if self.parsed is not None and self.parsed[0] == query:
+            return self.parsed[1]  # dateparser's search is the slowest step of ranking: parse once per question
         return parse_cues(query, self.time_anchor)
 
 
@@ -194,3 +250,40 @@ def _by_time(table: ConceptTable, flat_events: list[int], newest_first: bool) ->
     if newest_first:
         order = order[::-1]
     return [int(e) for e in events[order]]
+
+
+_DETAIL_POSTINGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _detail_postings(index: PatientIndex, table: ConceptTable) -> dict[str, list[int]]:
+    """Word -> flat event numbers whose short free text holds it, built once per loaded index."""
+    cached = _DETAIL_POSTINGS.get(index.state)
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    postings: dict[str, list[int]] = {}
+    for flat, (position, offset) in enumerate(zip(table.event_chunk, table.event_offset)):
+        text = index.chunks[position].events[offset].text
+        if text and len(text) <= DETAIL_TEXT:
+            for word in set(_DETAIL_TOKEN.findall(text.lower())):
+                postings.setdefault(word, []).append(flat)
+    _DETAIL_POSTINGS[index.state] = (table, postings)
+    return postings
+
+
+_NAME_WORDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _name_words(index: PatientIndex, table: ConceptTable) -> frozenset[str]:
+    """Every word of this patient's concept search texts (names, codes, dictionary abbreviations), once per index."""
+    cached = _NAME_WORDS.get(index.state)
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    words = frozenset(w for text in table.search_texts for w in _DETAIL_TOKEN.findall(text.lower()))
+    _NAME_WORDS[index.state] = (table, words)
+    return words
+
+
+def _without_words(text: str, words: set[str]) -> str:
+    pattern = r"(?i)(?<![\w/])(?:" + "|".join(map(re.escape, sorted(words))) + r")(?![\w/])"
+    return re.sub(pattern, " ", text)
+

@@ -340,6 +340,17 @@ def write_outputs(out: Path, items: Items, timing: dict, seconds: float, sampled
         e = np.mean([events2k[q] for q in keys])
         t = np.mean([temporal2k[q] for q in keys])
         lines.append(f"| {category} | {len(keys)} | {t:.3f} | {e:.3f} | {e - t:+.3f} |")
+    tune_events = groups.get(("tune", "written", "events", 2048), {})
+    tune_temporal = groups.get(("tune", "written", "temporal", 2048), {})
+    if tune_events:
+        lines += ["", "## Per question type (tune part, @2k; what `events` was tuned on)", "",
+                  "| category | n | `temporal` | `events` | difference |", "|---|---|---|---|---|"]
+        for category in sorted({category_of[q] for q in tune_events}):
+            keys = [q for q in tune_events if category_of[q] == category and q in tune_temporal]
+            if keys:
+                e = np.mean([tune_events[q] for q in keys])
+                t = np.mean([tune_temporal[q] for q in keys])
+                lines.append(f"| {category} | {len(keys)} | {t:.3f} | {e:.3f} | {e - t:+.3f} |")
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
