@@ -111,20 +111,12 @@ class ExactCounts:
     event_tokens: np.ndarray  # the event's line
     entry_tokens: np.ndarray  # an `<entry>` at the event's timestamp: its open and close lines
     encounter_tokens: np.ndarray  # the event's encounter: open tag, <events>, </events>, </encounter>
-    encounter_code: np.ndarray
-    stamp_code: np.ndarray
 
-    def count(self, flat: np.ndarray) -> int:
+    def count(self, cache: RenderCache, flat: np.ndarray) -> int:
         """Tokens of `_render_text` for the events at sorted record places `flat`."""
         if not len(flat):
             return self.frame
-        encounters = self.encounter_code[flat]
-        stamps = self.stamp_code[flat]
-        new_encounter = np.empty(len(flat), dtype=bool)
-        new_encounter[0] = True
-        np.not_equal(encounters[1:], encounters[:-1], out=new_encounter[1:])
-        new_entry = new_encounter.copy()
-        new_entry[1:] |= stamps[1:] != stamps[:-1]
+        new_encounter, new_entry = _boundaries(cache, flat)
         return int(self.frame + self.event_tokens[flat].sum() + self.encounter_tokens[flat[new_encounter]].sum()
                    + self.entry_tokens[flat[new_entry]].sum())
 
@@ -195,21 +187,15 @@ def _exact_counts(index: PatientIndex, counter: TokenCounter, cache: RenderCache
     encounter_of = {e: t + events_open + events_close + encounter_close
                     for e, t in zip(encounter_ids, rest[len(stamps):])}
     starts = np.cumsum([0] + [len(lines) for lines in cache.event_lines])
-    stamp_code = {s: k for k, s in enumerate(stamps)}
-    encounter_code = {e: k for k, e in enumerate(encounter_ids)}
     n = len(cache.flat_items)
-    arrays = {name: np.zeros(n, dtype=np.int64) for name in ("event", "entry", "encounter", "ecode", "scode")}
+    arrays = {name: np.zeros(n, dtype=np.int64) for name in ("event", "entry", "encounter")}
     for place, (_, p, i) in enumerate(cache.flat_items):
         chunk = index.chunks[p]
-        stamp = chunk.events[i].timestamp
         arrays["event"][place] = by_event[starts[p] + i]
-        arrays["entry"][place] = entry_of[stamp]
+        arrays["entry"][place] = entry_of[chunk.events[i].timestamp]
         arrays["encounter"][place] = encounter_of[chunk.encounter_id]
-        arrays["ecode"][place] = encounter_code[chunk.encounter_id]
-        arrays["scode"][place] = stamp_code[stamp]
     return ExactCounts(frame=frame, event_tokens=arrays["event"], entry_tokens=arrays["entry"],
-                       encounter_tokens=arrays["encounter"], encounter_code=arrays["ecode"],
-                       stamp_code=arrays["scode"])
+                       encounter_tokens=arrays["encounter"])
 
 
 @dataclass
@@ -222,6 +208,12 @@ class RenderCache:
     entry_open: dict[datetime, str] = field(default_factory=dict)
     flat_items: list[tuple[int, int, int]] = field(default_factory=list)
     place: list[np.ndarray] = field(default_factory=list)  # [chunk position][event position] -> place
+    # per place: the event's line, and the lines that open its encounter / its entry before it (joined by "\n")
+    place_line: list[str] = field(default_factory=list)
+    place_opens_encounter: list[str] = field(default_factory=list)
+    place_opens_entry: list[str] = field(default_factory=list)
+    encounter_code: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    stamp_code: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def _render_cache(index: PatientIndex) -> RenderCache:
@@ -238,6 +230,21 @@ def _render_cache(index: PatientIndex) -> RenderCache:
             flat_items=flat_items,
             place=place,
         )
+        stamp_code: dict[datetime, int] = {}
+        encounter_code = {e: k for k, e in enumerate(cache.encounter_open)}
+        codes = np.zeros((2, len(flat_items)), dtype=np.int64)
+        for at, (_, p, i) in enumerate(flat_items):
+            chunk = index.chunks[p]
+            stamp = chunk.events[i].timestamp
+            entry = cache.entry_open.get(stamp)
+            if entry is None:
+                entry = cache.entry_open[stamp] = render_entry_open(stamp)
+            cache.place_line.append(cache.event_lines[p][i])
+            cache.place_opens_entry.append(entry)
+            cache.place_opens_encounter.append(f"{cache.encounter_open[chunk.encounter_id]}\n{EVENTS_OPEN}\n{entry}")
+            codes[0, at] = encounter_code[chunk.encounter_id]
+            codes[1, at] = stamp_code.setdefault(stamp, len(stamp_code))
+        cache.encounter_code, cache.stamp_code = codes[0], codes[1]
         index.state.render = cache
     return cache
 
@@ -250,6 +257,46 @@ def _places(index: PatientIndex, selected: dict[int, list[int]]) -> np.ndarray:
     parts = [place[p] if len(positions) == len(place[p]) else place[p][positions]
              for p, positions in selected.items()]
     return np.sort(np.concatenate(parts))
+
+
+def _boundaries(cache: RenderCache, places: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the sorted `places` open a new encounter group, and which a new `<entry>` (as `_render_text`
+    groups them: consecutive events of one encounter, one entry per run of equal timestamps)."""
+    encounters = cache.encounter_code[places]
+    new_encounter = np.empty(len(places), dtype=bool)
+    new_encounter[:1] = True
+    np.not_equal(encounters[1:], encounters[:-1], out=new_encounter[1:])
+    new_entry = new_encounter.copy()
+    stamps = cache.stamp_code[places]
+    new_entry[1:] |= stamps[1:] != stamps[:-1]
+    return new_encounter, new_entry
+
+
+_CLOSE_ENCOUNTER = f"{ENTRY_CLOSE}\n{EVENTS_CLOSE}\n{ENCOUNTER_CLOSE}"
+_NEXT_ENTRY = ENTRY_CLOSE + "\n"
+
+
+def _render_places(index: PatientIndex, places: np.ndarray) -> str:
+    """`_render_text` of the events at sorted record `places`, from lines joined once per loaded index."""
+    cache = _render_cache(index)
+    lines = [render_stream_open(index.patient_id)]
+    if len(places):
+        new_encounter, new_entry = _boundaries(cache, places)
+        line, opens_encounter, opens_entry = cache.place_line, cache.place_opens_encounter, cache.place_opens_entry
+        append = lines.append
+        first = True
+        for at, encounter, entry in zip(places.tolist(), new_encounter.tolist(), new_entry.tolist()):
+            if encounter:
+                if not first:
+                    append(_CLOSE_ENCOUNTER)
+                first = False
+                append(opens_encounter[at])
+            elif entry:
+                append(_NEXT_ENTRY + opens_entry[at])
+            append(line[at])
+        append(_CLOSE_ENCOUNTER)
+    lines.append(STREAM_CLOSE)
+    return "\n".join(lines) + "\n"
 
 
 def _chronological(index: PatientIndex, selected: dict[int, list[int]]) -> list[tuple[int, int, int]]:
@@ -351,6 +398,8 @@ def _pack(
             room = available - used - header
             if int(running[-1]) <= room:
                 n_take = n_visible
+            elif int(running[0]) > room:
+                n_take = 0  # near the end of the budget most chunks do not start: no bisection for them
             else:
                 n_take = _fitting(running, room)
             extra = header + (int(running[n_take - 1]) if n_take else 0)
@@ -397,7 +446,7 @@ def _exact_tokens(index: PatientIndex, counter: TokenCounter, selected: dict[int
     """The exact token count of the selection's rendered context, without rendering it (None: this tokenizer or
     this record's text does not allow counting by lines)."""
     exact = _costs(index, counter).exact
-    return None if exact is None else exact.count(_places(index, selected))
+    return None if exact is None else exact.count(_render_cache(index), _places(index, selected))
 
 
 def _fit_by_rescaling(index: PatientIndex, counter: TokenCounter, available: int, pack):
@@ -416,7 +465,7 @@ def _fit_by_rescaling(index: PatientIndex, counter: TokenCounter, available: int
         packing = pack(target)
         tokens = _exact_tokens(index, counter, packing.selected)
         if tokens is None:
-            text = _render_text(index, _chronological(index, packing.selected))
+            text = _render_places(index, _places(index, packing.selected))
             rendered.append((packing, text))
             tokens = counter.count(text)
         scale = packing.estimated_tokens / max(tokens, 1)
@@ -431,7 +480,7 @@ def _fit_by_rescaling(index: PatientIndex, counter: TokenCounter, available: int
 
     def text_of(chosen) -> str:
         text = next((text for candidate, text in rendered if candidate is chosen), None)
-        return text if text is not None else _render_text(index, _chronological(index, chosen.selected))
+        return text if text is not None else _render_places(index, _places(index, chosen.selected))
 
     last_text = text_of(packing) if best is None or best[0] is packing else None
     if best is not None:
@@ -440,7 +489,7 @@ def _fit_by_rescaling(index: PatientIndex, counter: TokenCounter, available: int
 
 
 def _count_selection(index: PatientIndex, counter: TokenCounter, selected: dict[int, list[int]]) -> tuple[str, int]:
-    text = _render_text(index, _chronological(index, selected))
+    text = _render_places(index, _places(index, selected))
     tokens = _exact_tokens(index, counter, selected)
     return text, counter.count(text) if tokens is None else tokens
 
