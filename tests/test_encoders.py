@@ -92,3 +92,20 @@ def test_length_batches_bound_padding_and_keep_every_text_once():
             assert len(batch) == batch_size or lengths[following[0]] < MIN_FILL * lengths[batch[0]]
 
     check()
+
+
+def test_light_model_files_tokenize_like_sentence_transformers():
+    """The ONNX/OpenVINO encoders read the model folder without sentence-transformers; same tokens, limit, size."""
+    from medalign_rag.index.embedding import ModelFiles, load_sentence_model, packaged_model_path
+
+    path = packaged_model_path()
+    assert ModelFiles.readable(path)
+    light, full = ModelFiles(path), load_sentence_model()
+    assert light.max_seq_length == full.max_seq_length
+    assert light.get_embedding_dimension() == full.get_embedding_dimension()
+    texts = ["Encounter Inpatient 2019-03-04", "      <event type=\"lab\" name=\"HbA1c\">7.9 %</event>",
+             "insulin glargine 10 units subcutaneous nightly; metformin 500 mg BID " * 40, "", "é 日本 ünïcödé"]
+    for kwargs in ({"add_special_tokens": False, "return_offsets_mapping": True},
+                   {"add_special_tokens": True, "truncation": True, "max_length": light.max_seq_length}):
+        assert dict(light.tokenizer(texts, **kwargs)) == dict(full.tokenizer(texts, **kwargs))
+    assert light.tokenizer.pad_token_id == full.tokenizer.pad_token_id

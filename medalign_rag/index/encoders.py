@@ -185,6 +185,12 @@ def _model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def exported_onnx_path(model_dir: Path) -> Path | None:
+    """The ONNX graph already exported from `model_dir`, if any."""
+    target = ENCODER_CACHE / _model_fingerprint(model_dir) / "model.onnx"
+    return target if target.is_file() else None
+
+
 def onnx_model_path(sentence_model, model_dir: Path) -> Path:
     """Export the transformer + mean pooling + normalisation to ONNX once; later calls reuse the file."""
     from filelock import FileLock
@@ -236,9 +242,15 @@ def onnx_model_path(sentence_model, model_dir: Path) -> Path:
 
 
 def _threads() -> int:
-    import torch
+    """Torch's intra-op thread count (OMP_NUM_THREADS, else the cores), without importing torch when not loaded."""
+    import sys
 
-    return max(1, torch.get_num_threads())
+    if "torch" in sys.modules:
+        return max(1, sys.modules["torch"].get_num_threads())
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 class OnnxRuntimeEncoder(WindowEncoder):
@@ -297,10 +309,10 @@ class OpenVinoEncoder(WindowEncoder):
 @lru_cache(maxsize=4)
 def load_encoder(model_name: str, backend: str = "torch", dtype: str = "fp32", device: str = "cpu") -> WindowEncoder:
     """One encoder per (model, backend, dtype) per process: sessions are expensive, calls are thread-compatible."""
-    from medalign_rag.index.embedding import load_sentence_model, resolve_model_path
+    from medalign_rag.index.embedding import load_model_for, resolve_model_path
 
     spec = EncoderSpec(backend, dtype)
-    sentence_model = load_sentence_model(model_name)
+    sentence_model = load_model_for(model_name, spec.backend)
     model_dir = Path(resolve_model_path(model_name))
     if spec.backend == "torch":
         return TorchEncoder(sentence_model, spec, device)
