@@ -213,6 +213,20 @@ def main() -> None:
                              reserve_tokens=pipeline.reserve_tokens, time_anchor=instruction.time_anchor)
         return run
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    import reference_packing  # the chunk packing before issue 14's query-path work, frozen for the tests
+
+    def reference_packing_context(budget: int) -> Callable:
+        """Our hybrid ranking (query embedded) + the packing as it was: every attempt rendered and counted whole."""
+        def run(instruction) -> None:
+            ranking = [p for p, _ in make_retriever("hybrid", index, embedder=embedder,
+                                                    time_anchor=instruction.time_anchor).rank(instruction.question)]
+            reference_packing.assemble_context(
+                index, strategy="hybrid", budget=budget, counter=counter, ranking=ranking,
+                overhead_tokens=pipeline.overhead_tokens(instruction.question, instruction.time_anchor),
+                reserve_tokens=pipeline.reserve_tokens, time_anchor=instruction.time_anchor)
+        return run
+
     def ours_rank(strategy: str) -> Callable:
         def run(instruction) -> None:
             make_retriever(strategy, index, embedder=embedder, time_anchor=instruction.time_anchor).rank(
@@ -256,6 +270,7 @@ def main() -> None:
     for budget in BUDGETS:
         configurations[("ours, 1 torch thread", "hybrid", budget)] = single_thread(ours_context("hybrid", budget))
         configurations[("llama-index, 1 torch thread", FUSED, budget)] = single_thread(llama_context(budget))
+        configurations[("ours, packing before issue 14", "hybrid", budget)] = reference_packing_context(budget)
 
     # Count how often packing renders the context XML (each render is followed by an exact token count).
     import medalign_rag.context as context_module
@@ -270,6 +285,7 @@ def main() -> None:
 
     for name in ("_render_text", "_render_places"):  # chunk packing renders by places, event packing by items
         setattr(context_module, name, counting(getattr(context_module, name)))
+    reference_packing._render_text = counting(reference_packing._render_text)
     render_counts: dict[tuple, list[int]] = defaultdict(list)
 
     def call(run: Callable, instruction, key: tuple | None = None) -> float:
@@ -340,6 +356,8 @@ def main() -> None:
     rows = [(strategy, ("ours", strategy)) for strategy in STRATEGIES]
     rows += [("hybrid, torch-fp32 encoder (index and query)", ("ours, torch-fp32 encoder", "hybrid")),
              ("hybrid, 1 torch thread", ("ours, 1 torch thread", "hybrid")),
+             ("hybrid, chunk packing as before issue 14's query-path work (tests/reference_packing.py)",
+              ("ours, packing before issue 14", "hybrid")),
              (f"llama-index {FUSED}", ("llama-index", FUSED)),
              (f"llama-index {FUSED}, 1 torch thread", ("llama-index, 1 torch thread", FUSED))]
     for label, (who, what) in rows:

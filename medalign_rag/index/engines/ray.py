@@ -22,9 +22,17 @@ DEFAULT_PATIENTS_PER_TASK = 4
 class IndexWorker:
     """One Ray actor: one IndexBuilder (one loaded encoder) that builds the patient batches it is handed."""
 
-    def __init__(self, settings_json: str, source, force: bool, gpus: float) -> None:
+    def __init__(self, settings_json: str, source, force: bool, gpus: float, cpus: float = 1.0) -> None:
         import os
+        import sys
 
+        # One encoder thread per CPU this actor holds (before torch / OpenVINO read it): two actors on two cores
+        # each running two threads would fight for the cores; idle OpenMP threads sleep instead of spinning.
+        threads = str(max(1, int(cpus)))
+        os.environ["OMP_NUM_THREADS"] = threads
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if "torch" in sys.modules:  # already imported in this worker process: its pool is sized, resize it
+            sys.modules["torch"].set_num_threads(int(threads))
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -119,7 +127,8 @@ class RayEngine:
             built = dataset.map_batches(
                 IndexWorker,
                 fn_constructor_kwargs={"settings_json": builder.settings.model_dump_json(), "source": source,
-                                       "force": force, "gpus": self.num_gpus_per_worker},
+                                       "force": force, "gpus": self.num_gpus_per_worker,
+                                       "cpus": self.num_cpus_per_worker},
                 batch_size=self.patients_per_task,
                 compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=self.num_cpus_per_worker,
