@@ -142,7 +142,9 @@ class RayEngine:
                 fn_constructor_kwargs={"settings_json": builder.settings.model_dump_json(), "source": source,
                                        "force": force, "gpus": self.num_gpus_per_worker},
                 batch_size=per_task,
-                compute=ray.data.ActorPoolStrategy(size=workers),
+                # one task at a time per actor: a queued task waits for the actor it was sent to, so with several in
+                # flight a big record can queue behind another while a second actor idles
+                compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
                 num_cpus=self.num_cpus_per_worker,
                 num_gpus=self.num_gpus_per_worker or None,
                 batch_format="numpy",
