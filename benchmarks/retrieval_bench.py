@@ -369,9 +369,9 @@ def main() -> None:
     one32 = stat(("ours, 1 torch thread", "hybrid", 32768))[0]
     lines += [
         "",
-        "`renders` = mean renders of the context XML per call. Chunk packing renders once (the context it returns): "
-        "its packing attempts are counted exactly by summing per-line cl100k counts (exact because every line "
-        "splits cleanly at its newline, tests/test_packing_equivalence.py); event packing renders every attempt.",
+        "`renders` = mean renders of the context XML per call. Packing (chunk and event) renders once, the context "
+        "it returns: its packing attempts are counted exactly by summing per-line cl100k counts (exact because "
+        "every line splits cleanly at its newline, tests/test_packing_equivalence.py).",
         "",
         f"**Hybrid at 32k: median {hybrid32:.1f} ms** (target < 20 ms: {'met' if hybrid32 < 20 else 'NOT met'}; "
         f"with 1 torch thread {one32:.1f} ms). "
