@@ -96,10 +96,11 @@ ADDITIVE_COUNTERS = frozenset({"cl100k_base"})
 
 
 def line_splits_cleanly(line: str) -> bool:
-    """True when a "\\n" before `line` always ends a pre-token: `line` is non-empty and its leading whitespace has no
-    line break (conservative: Python's whitespace is a superset of the tokenizer regex's `\\s`)."""
+    """True when a "\\n" before `line` always ends a pre-token: `line` has a non-whitespace character and no line break
+    before it (else that whitespace, up to the newline after the line, joins the newline before it into one piece).
+    Conservative: Python's whitespace is a superset of the tokenizer regex's `\\s`."""
     stripped = line.lstrip()
-    return bool(line) and not any(ch in "\r\n" for ch in line[: len(line) - len(stripped)])
+    return bool(stripped) and not any(ch in "\r\n" for ch in line[: len(line) - len(stripped)])
 
 
 @dataclass

@@ -114,7 +114,7 @@ def test_other_tokenizers_pack_as_before_by_rendering(synthetic_index):
 _LINE_CHARS = st.sampled_from(list("ab Z9<>/=\"'.,;:-_\t\n\r") + ["\u00a0", "\u2028", "\x1c", "é", "日", "'s", "  "])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(lines=st.lists(st.lists(_LINE_CHARS, max_size=12).map("".join), min_size=1, max_size=8))
 def test_lines_that_split_cleanly_count_additively(lines):
     """The guarantee `ExactCounts` rests on: cl100k counts lines joined by "\\n" as the sum of each line + "\\n"."""
@@ -127,6 +127,7 @@ def test_lines_that_do_not_split_cleanly_are_recognised():
     assert not line_splits_cleanly("")
     assert not line_splits_cleanly("\nabc")
     assert not line_splits_cleanly("   \r\n  <x>")
+    assert not line_splits_cleanly("  ")  # found by the property test: "a\n  \n" is 2 tokens, not 1 + 2
     assert line_splits_cleanly("      <event>a\n\nb</event>")
     # the reason: here the newlines merge into one token across the join
     assert COUNTER.count("a>\n\n") != COUNTER.count("a>\n") + COUNTER.count("\n")
