@@ -213,6 +213,20 @@ def main() -> None:
                              reserve_tokens=pipeline.reserve_tokens, time_anchor=instruction.time_anchor)
         return run
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    import reference_packing  # the chunk packing before issue 14's query-path work, frozen for the tests
+
+    def reference_packing_context(budget: int) -> Callable:
+        """Our hybrid ranking (query embedded) + the packing as it was: every attempt rendered and counted whole."""
+        def run(instruction) -> None:
+            ranking = [p for p, _ in make_retriever("hybrid", index, embedder=embedder,
+                                                    time_anchor=instruction.time_anchor).rank(instruction.question)]
+            reference_packing.assemble_context(
+                index, strategy="hybrid", budget=budget, counter=counter, ranking=ranking,
+                overhead_tokens=pipeline.overhead_tokens(instruction.question, instruction.time_anchor),
+                reserve_tokens=pipeline.reserve_tokens, time_anchor=instruction.time_anchor)
+        return run
+
     def ours_rank(strategy: str) -> Callable:
         def run(instruction) -> None:
             make_retriever(strategy, index, embedder=embedder, time_anchor=instruction.time_anchor).rank(
@@ -256,18 +270,22 @@ def main() -> None:
     for budget in BUDGETS:
         configurations[("ours, 1 torch thread", "hybrid", budget)] = single_thread(ours_context("hybrid", budget))
         configurations[("llama-index, 1 torch thread", FUSED, budget)] = single_thread(llama_context(budget))
+        configurations[("ours, packing before issue 14", "hybrid", budget)] = reference_packing_context(budget)
 
     # Count how often packing renders the context XML (each render is followed by an exact token count).
     import medalign_rag.context as context_module
 
     renders = {"n": 0}
-    original_render = context_module._render_text
 
-    def counting_render(*args, **kwargs):
-        renders["n"] += 1
-        return original_render(*args, **kwargs)
+    def counting(render: Callable) -> Callable:
+        def counted(*args, **kwargs):
+            renders["n"] += 1
+            return render(*args, **kwargs)
+        return counted
 
-    context_module._render_text = counting_render
+    for name in ("_render_text", "_render_places"):  # chunk packing renders by places, event packing by items
+        setattr(context_module, name, counting(getattr(context_module, name)))
+    reference_packing._render_text = counting(reference_packing._render_text)
     render_counts: dict[tuple, list[int]] = defaultdict(list)
 
     def call(run: Callable, instruction, key: tuple | None = None) -> float:
@@ -338,6 +356,8 @@ def main() -> None:
     rows = [(strategy, ("ours", strategy)) for strategy in STRATEGIES]
     rows += [("hybrid, torch-fp32 encoder (index and query)", ("ours, torch-fp32 encoder", "hybrid")),
              ("hybrid, 1 torch thread", ("ours, 1 torch thread", "hybrid")),
+             ("hybrid, chunk packing as before issue 14's query-path work (tests/reference_packing.py)",
+              ("ours, packing before issue 14", "hybrid")),
              (f"llama-index {FUSED}", ("llama-index", FUSED)),
              (f"llama-index {FUSED}, 1 torch thread", ("llama-index, 1 torch thread", FUSED))]
     for label, (who, what) in rows:
@@ -349,9 +369,9 @@ def main() -> None:
     one32 = stat(("ours, 1 torch thread", "hybrid", 32768))[0]
     lines += [
         "",
-        "`renders` = mean renders of the context XML per call (packing attempts, each joining the cached event "
-        "lines of the whole selection and counting it exactly with tiktoken; the empty frame is counted once per "
-        "loaded index and tokenizer).",
+        "`renders` = mean renders of the context XML per call. Packing (chunk and event) renders once, the context "
+        "it returns: its packing attempts are counted exactly by summing per-line cl100k counts (exact because "
+        "every line splits cleanly at its newline, tests/test_packing_equivalence.py).",
         "",
         f"**Hybrid at 32k: median {hybrid32:.1f} ms** (target < 20 ms: {'met' if hybrid32 < 20 else 'NOT met'}; "
         f"with 1 torch thread {one32:.1f} ms). "

@@ -18,8 +18,10 @@ from itertools import groupby
 from typing import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
+import numpy as np
 from pydantic import BaseModel
 
+from medalign_rag.chunking import Chunk
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.store import PatientIndex
 from medalign_rag.records.model import OMOP_TABLE_BY_KIND, Event, EventKind
@@ -66,12 +68,69 @@ class AssembledContext(BaseModel):
 
 @dataclass
 class EventCosts:
-    """Per-event token costs for one (index, tokenizer) pair, computed once and reused across instructions."""
+    """Per-event token costs for one (index, tokenizer) pair, computed once and reused across instructions.
+
+    `event_cost`, `entry_cost` and `encounter_cost` are the packing's per-line estimates (a line counted alone, +1
+    for its newline); `exact` (when the tokenizer allows it) counts any selection's rendered text exactly without
+    rendering it."""
 
     event_cost: list[list[int]]  # [chunk position][event position]
     entry_cost: int
     empty_context: int
     encounter_cost: dict[str, int] = field(default_factory=dict)
+    chunks: list[_ChunkCosts] = field(default_factory=list)  # per chunk position, for `_pack`
+    exact: ExactCounts | None = None
+
+
+@dataclass
+class _ChunkCosts:
+    """One chunk's running estimated cost, with an `<entry>` opened wherever the timestamp changes, in both packing
+    orders; and its first and last event times, so a time anchor can be checked per chunk instead of per event."""
+
+    forward: np.ndarray  # forward[j]: first j+1 events
+    backward: np.ndarray  # backward[j]: last j+1 events
+    first: datetime | None
+    last: datetime | None
+
+
+# cl100k's pre-tokenizer (tiktoken's regex) never joins text across a newline followed by a line that starts with
+# something other than (whitespace then) a line break: the trailing newline closes the last piece of the line
+# before it (`\s*[\r\n]+`, or `[\r\n]*` after punctuation), and no piece starts with a newline. Tokens never cross
+# pieces, so a text of such lines joined by "\n" counts exactly the sum of its lines each counted with its "\n".
+ADDITIVE_COUNTERS = frozenset({"cl100k_base"})
+
+
+def line_splits_cleanly(line: str) -> bool:
+    """True when a "\\n" before `line` always ends a pre-token: `line` has a non-whitespace character and no line break
+    before it (else that whitespace, up to the newline after the line, joins the newline before it into one piece).
+    Conservative: Python's whitespace is a superset of the tokenizer regex's `\\s`."""
+    stripped = line.lstrip()
+    return bool(stripped) and not any(ch in "\r\n" for ch in line[: len(line) - len(stripped)])
+
+
+@dataclass
+class ExactCounts:
+    """Exact token counts of the rendered context, summed per line (valid because every line splits cleanly, see
+    ADDITIVE_COUNTERS). Arrays are indexed by an event's place in record order (`RenderCache.flat_items`)."""
+
+    frame: int  # stream open + close lines
+    event_tokens: np.ndarray  # the event's line
+    entry_tokens: np.ndarray  # an `<entry>` at the event's timestamp: its open and close lines
+    encounter_tokens: np.ndarray  # the event's encounter: open tag, <events>, </events>, </encounter>
+
+    def count(self, cache: RenderCache, flat: np.ndarray) -> int:
+        """Tokens of `_render_text` for the events at sorted record places `flat`."""
+        if not len(flat):
+            return self.frame
+        new_encounter, new_entry = _boundaries(cache, flat)
+        return int(self.frame + self.event_tokens[flat].sum() + self.encounter_tokens[flat[new_encounter]].sum()
+                   + self.entry_tokens[flat[new_entry]].sum())
+
+
+def _counts_additively(counter: TokenCounter) -> bool:
+    from medalign_rag.tokenization import TiktokenCounter
+
+    return isinstance(counter, TiktokenCounter) and counter.name in ADDITIVE_COUNTERS
 
 
 def _costs(index: PatientIndex, counter: TokenCounter) -> EventCosts:
@@ -79,7 +138,8 @@ def _costs(index: PatientIndex, counter: TokenCounter) -> EventCosts:
     cached = per_index.get(counter.name)
     if cached is not None:
         return cached
-    flat_lines = [line for lines in _render_cache(index).event_lines for line in lines]
+    cache = _render_cache(index)
+    flat_lines = [line for lines in cache.event_lines for line in lines]
     # +1: the newline; cached lines already carry their indentation.
     flat_costs = [c + 1 for c in count_many(counter, flat_lines)]
     event_cost, at = [], 0
@@ -94,36 +154,161 @@ def _costs(index: PatientIndex, counter: TokenCounter) -> EventCosts:
             costs.encounter_cost[chunk.encounter_id] = counter.count(
                 render_encounter(chunk.encounter(), [], include_ids=False)
             ) + 2
+    for chunk, cost in zip(index.chunks, event_cost):
+        costs.chunks.append(_chunk_costs(chunk, cost, entry_cost))
+    costs.exact = _exact_counts(index, counter, cache)
     per_index[counter.name] = costs
     return costs
 
 
+def _chunk_costs(chunk: Chunk, cost: list[int], entry_cost: int) -> _ChunkCosts:
+    stamps = [ev.timestamp for ev in chunk.events]
+    forward = [c + (entry_cost if i == 0 or stamps[i] != stamps[i - 1] else 0) for i, c in enumerate(cost)]
+    last = len(stamps) - 1
+    backward = [cost[i] + (entry_cost if i == last or stamps[i] != stamps[i + 1] else 0)
+                for i in range(last, -1, -1)]
+    return _ChunkCosts(forward=np.cumsum(np.asarray(forward, dtype=np.int64)),
+                       backward=np.cumsum(np.asarray(backward, dtype=np.int64)),
+                       first=min(stamps) if stamps else None, last=max(stamps) if stamps else None)
+
+
+def _exact_counts(index: PatientIndex, counter: TokenCounter, cache: RenderCache) -> ExactCounts | None:
+    if not _counts_additively(counter):
+        return None
+    frame_lines = [render_stream_open(index.patient_id), STREAM_CLOSE]
+    fixed_lines = [EVENTS_OPEN, EVENTS_CLOSE, ENCOUNTER_CLOSE, ENTRY_CLOSE]
+    stamps = sorted({index.chunks[p].events[i].timestamp for _, p, i in cache.flat_items})
+    entry_lines = [cache.entry_open.get(s) or cache.entry_open.setdefault(s, render_entry_open(s)) for s in stamps]
+    encounter_ids = list(cache.encounter_open)
+    lines = ([line for lines in cache.event_lines for line in lines] + frame_lines + fixed_lines + entry_lines
+             + [cache.encounter_open[e] for e in encounter_ids])
+    if not all(line_splits_cleanly(line) for line in lines):
+        return None
+    tokens = count_many(counter, [line + "\n" for line in lines])
+    n_events = sum(len(lines) for lines in cache.event_lines)
+    by_event, rest = tokens[:n_events], tokens[n_events:]
+    frame, rest = sum(rest[:2]), rest[2:]
+    (events_open, events_close, encounter_close, entry_close), rest = rest[:4], rest[4:]
+    entry_of = {s: t + entry_close for s, t in zip(stamps, rest[: len(stamps)])}
+    encounter_of = {e: t + events_open + events_close + encounter_close
+                    for e, t in zip(encounter_ids, rest[len(stamps):])}
+    starts = np.cumsum([0] + [len(lines) for lines in cache.event_lines])
+    n = len(cache.flat_items)
+    arrays = {name: np.zeros(n, dtype=np.int64) for name in ("event", "entry", "encounter")}
+    for place, (_, p, i) in enumerate(cache.flat_items):
+        chunk = index.chunks[p]
+        arrays["event"][place] = by_event[starts[p] + i]
+        arrays["entry"][place] = entry_of[chunk.events[i].timestamp]
+        arrays["encounter"][place] = encounter_of[chunk.encounter_id]
+    return ExactCounts(frame=frame, event_tokens=arrays["event"], entry_tokens=arrays["entry"],
+                       encounter_tokens=arrays["encounter"])
+
+
 @dataclass
 class RenderCache:
-    """Each event's XML line and each encounter's opening tag, rendered once per loaded index."""
+    """Each event's XML line and each encounter's opening tag, rendered once per loaded index; and every event's
+    place in record order (`flat_items[place]` = (record ordinal, chunk position, event position), sorted)."""
 
     event_lines: list[list[str]]
     encounter_open: dict[str, str]
     entry_open: dict[datetime, str] = field(default_factory=dict)
+    flat_items: list[tuple[int, int, int]] = field(default_factory=list)
+    place: list[np.ndarray] = field(default_factory=list)  # [chunk position][event position] -> place
+    # per place: the event's line, and the lines that open its encounter / its entry before it (joined by "\n")
+    place_line: list[str] = field(default_factory=list)
+    place_opens_encounter: list[str] = field(default_factory=list)
+    place_opens_entry: list[str] = field(default_factory=list)
+    encounter_code: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    stamp_code: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def _render_cache(index: PatientIndex) -> RenderCache:
     cache = index.state.render
     if cache is None:
+        flat_items = sorted((c.ordinal + i, p, i) for p, c in enumerate(index.chunks) for i in range(len(c.events)))
+        place = [np.zeros(len(c.events), dtype=np.int64) for c in index.chunks]
+        for at, (_, p, i) in enumerate(flat_items):
+            place[p][i] = at
         cache = RenderCache(
             event_lines=[[render_event_line(ev, include_ids=False) for ev in c.events] for c in index.chunks],
             encounter_open={c.encounter_id: render_encounter_open(c.encounter(), include_ids=False)
                             for c in index.chunks},
+            flat_items=flat_items,
+            place=place,
         )
+        stamp_code: dict[datetime, int] = {}
+        encounter_code = {e: k for k, e in enumerate(cache.encounter_open)}
+        codes = np.zeros((2, len(flat_items)), dtype=np.int64)
+        for at, (_, p, i) in enumerate(flat_items):
+            chunk = index.chunks[p]
+            stamp = chunk.events[i].timestamp
+            entry = cache.entry_open.get(stamp)
+            if entry is None:
+                entry = cache.entry_open[stamp] = render_entry_open(stamp)
+            cache.place_line.append(cache.event_lines[p][i])
+            cache.place_opens_entry.append(entry)
+            cache.place_opens_encounter.append(f"{cache.encounter_open[chunk.encounter_id]}\n{EVENTS_OPEN}\n{entry}")
+            codes[0, at] = encounter_code[chunk.encounter_id]
+            codes[1, at] = stamp_code.setdefault(stamp, len(stamp_code))
+        cache.encounter_code, cache.stamp_code = codes[0], codes[1]
         index.state.render = cache
     return cache
 
 
+def _places(index: PatientIndex, selected: dict[int, list[int]]) -> np.ndarray:
+    """The record-order places of the chosen events, sorted."""
+    if not selected:
+        return np.zeros(0, dtype=np.int64)
+    place = _render_cache(index).place
+    parts = [place[p] if len(positions) == len(place[p]) else place[p][positions]
+             for p, positions in selected.items()]
+    return np.sort(np.concatenate(parts))
+
+
+def _boundaries(cache: RenderCache, places: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the sorted `places` open a new encounter group, and which a new `<entry>` (as `_render_text`
+    groups them: consecutive events of one encounter, one entry per run of equal timestamps)."""
+    encounters = cache.encounter_code[places]
+    new_encounter = np.empty(len(places), dtype=bool)
+    new_encounter[:1] = True
+    np.not_equal(encounters[1:], encounters[:-1], out=new_encounter[1:])
+    new_entry = new_encounter.copy()
+    stamps = cache.stamp_code[places]
+    new_entry[1:] |= stamps[1:] != stamps[:-1]
+    return new_encounter, new_entry
+
+
+_CLOSE_ENCOUNTER = f"{ENTRY_CLOSE}\n{EVENTS_CLOSE}\n{ENCOUNTER_CLOSE}"
+_NEXT_ENTRY = ENTRY_CLOSE + "\n"
+
+
+def _render_places(index: PatientIndex, places: np.ndarray) -> str:
+    """`_render_text` of the events at sorted record `places`, from lines joined once per loaded index."""
+    cache = _render_cache(index)
+    lines = [render_stream_open(index.patient_id)]
+    if len(places):
+        new_encounter, new_entry = _boundaries(cache, places)
+        line, opens_encounter, opens_entry = cache.place_line, cache.place_opens_encounter, cache.place_opens_entry
+        append = lines.append
+        first = True
+        for at, encounter, entry in zip(places.tolist(), new_encounter.tolist(), new_entry.tolist()):
+            if encounter:
+                if not first:
+                    append(_CLOSE_ENCOUNTER)
+                first = False
+                append(opens_encounter[at])
+            elif entry:
+                append(_NEXT_ENTRY + opens_entry[at])
+            append(line[at])
+        append(_CLOSE_ENCOUNTER)
+    lines.append(STREAM_CLOSE)
+    return "\n".join(lines) + "\n"
+
+
 def _chronological(index: PatientIndex, selected: dict[int, list[int]]) -> list[tuple[int, int, int]]:
     """(record ordinal, chunk position, event position) of the chosen events, in record order."""
-    items = [(index.chunks[p].ordinal + i, p, i) for p, positions in selected.items() for i in positions]
-    items.sort()
-    return items
+    flat_items = _render_cache(index).flat_items
+    return [flat_items[at] for at in _places(index, selected).tolist()]
 
 
 def _render_text(index: PatientIndex, items: list[tuple[int, int, int]]) -> str:
@@ -176,6 +361,17 @@ class _Packing(BaseModel):
     complete: bool  # everything eligible fitted: a bigger budget would add nothing
 
 
+def _fitting(running: np.ndarray, room: float) -> int:
+    """How many leading steps of a running cost fit in `room` (the greedy loop's `used + step > available` test,
+    done by bisection; the boundary is rechecked in Python numbers so float rounding cannot move it)."""
+    k = int(np.searchsorted(running, room, side="right"))
+    while k > 0 and int(running[k - 1]) > room:
+        k -= 1
+    while k < len(running) and int(running[k]) <= room:
+        k += 1
+    return k
+
+
 def _pack(
     index: PatientIndex,
     costs: EventCosts,
@@ -185,38 +381,61 @@ def _pack(
     time_anchor: datetime | None,
     newest_first: bool,
 ) -> _Packing:
-    """Greedy packing by estimated cost, in `chunk_order`; the first chunk that does not fit is trimmed."""
+    """Greedy packing by estimated cost, in `chunk_order`; the first chunk that does not fit is trimmed.
+
+    A chunk whose events are all visible takes its fitting prefix (suffix when `newest_first`) from its running
+    cost in one bisection; only a chunk that straddles the time anchor walks its events one by one."""
     used = fixed
     opened: set[str] = set()
     selected: dict[int, list[int]] = {}
     added: list[int] = []
     trimmed: list[str] = []
     complete = True
+    chunks = index.chunks
     for position in chunk_order:
-        chunk = index.chunks[position]
-        event_positions = [i for i, ev in enumerate(chunk.events) if _visible(ev, time_anchor)]
-        if not event_positions:
-            continue
-        if newest_first:
-            event_positions.reverse()
+        chunk = chunks[position]
+        shape = costs.chunks[position]
+        if shape.first is None or (time_anchor is not None and shape.first > time_anchor):
+            continue  # no visible event
         header = 0 if chunk.encounter_id in opened else costs.encounter_cost[chunk.encounter_id]
-        take: list[int] = []
-        extra = header
-        last_stamp = None
-        for i in event_positions:
-            stamp = chunk.events[i].timestamp
-            step = costs.event_cost[position][i] + (costs.entry_cost if stamp != last_stamp else 0)
-            if used + extra + step > available:
-                break
-            take.append(i)
-            extra += step
-            last_stamp = stamp
+        if time_anchor is None or shape.last <= time_anchor:
+            running = shape.backward if newest_first else shape.forward
+            n_visible = len(running)
+            room = available - used - header
+            if int(running[-1]) <= room:
+                n_take = n_visible
+            elif int(running[0]) > room:
+                n_take = 0  # near the end of the budget most chunks do not start: no bisection for them
+            else:
+                n_take = _fitting(running, room)
+            extra = header + (int(running[n_take - 1]) if n_take else 0)
+            if newest_first:
+                take = list(range(n_visible - n_take, n_visible))
+            else:
+                take = list(range(n_take))
+        else:
+            event_positions = [i for i, ev in enumerate(chunk.events) if _visible(ev, time_anchor)]
+            n_visible = len(event_positions)
+            if newest_first:
+                event_positions.reverse()
+            take = []
+            extra = header
+            last_stamp = None
+            for i in event_positions:
+                stamp = chunk.events[i].timestamp
+                step = costs.event_cost[position][i] + (costs.entry_cost if stamp != last_stamp else 0)
+                if used + extra + step > available:
+                    break
+                take.append(i)
+                extra += step
+                last_stamp = stamp
+            take.sort()
         if take:
-            selected[position] = sorted(take)
+            selected[position] = take
             added.append(position)
             opened.add(chunk.encounter_id)
             used += extra
-        if len(take) < len(event_positions):
+        if len(take) < n_visible:
             complete = False
             if not take and not newest_first:
                 # A ranked chunk whose first event alone is over the room left (a long note) would otherwise end
@@ -225,31 +444,60 @@ def _pack(
             if take:
                 trimmed.append(chunk.chunk_id)
             break
-    return _Packing(selected=selected, added=added, trimmed=trimmed, estimated_tokens=used, complete=complete)
+    return _Packing.model_construct(selected=selected, added=added, trimmed=trimmed, estimated_tokens=used,
+                                    complete=complete)
+
+
+def _exact_tokens(index: PatientIndex, counter: TokenCounter, selected: dict[int, list[int]]) -> int | None:
+    """The exact token count of the selection's rendered context, without rendering it (None: this tokenizer or
+    this record's text does not allow counting by lines)."""
+    exact = _costs(index, counter).exact
+    return None if exact is None else exact.count(_render_cache(index), _places(index, selected))
 
 
 def _fit_by_rescaling(index: PatientIndex, counter: TokenCounter, available: int, pack):
     """Per-line estimates are a few percent off the exact count of the joined text, in either direction. Pack by
     estimate (`pack(target)`), count exactly, rescale the estimated budget, and keep the fullest packing that fits.
 
+    The exact count is summed per line where the tokenizer guarantees it (`ExactCounts`), else the rendered text is
+    counted; either way only the packing that is returned is rendered.
+
     Returns (best fitting (packing, text, tokens) or None, the last packing, its text, its exact tokens)."""
     tolerance = max(8, available // 100)
     target = available * 0.99  # estimates run a little high or low; starting just under usually fits first time
     best = None
+    rendered: list[tuple[_Packing, str]] = []  # by identity: packings are not hashable
     for _ in range(5):
         packing = pack(target)
-        text = _render_text(index, _chronological(index, packing.selected))
-        tokens = counter.count(text)
+        tokens = _exact_tokens(index, counter, packing.selected)
+        if tokens is None:
+            text = _render_places(index, _places(index, packing.selected))
+            rendered.append((packing, text))
+            tokens = counter.count(text)
         scale = packing.estimated_tokens / max(tokens, 1)
         if tokens <= available:
             if best is None or tokens > best[2]:
-                best = (packing, text, tokens)
+                best = (packing, None, tokens)
             if packing.complete or available - tokens <= tolerance:
                 break
             target += (available - tokens) * scale * 0.98
         else:
             target -= (tokens - available) * scale * 1.02 + 1
-    return best, packing, text, tokens
+
+    def text_of(chosen) -> str:
+        text = next((text for candidate, text in rendered if candidate is chosen), None)
+        return text if text is not None else _render_places(index, _places(index, chosen.selected))
+
+    last_text = text_of(packing) if best is None or best[0] is packing else None
+    if best is not None:
+        best = (best[0], last_text if best[0] is packing else text_of(best[0]), best[2])
+    return best, packing, last_text, tokens
+
+
+def _count_selection(index: PatientIndex, counter: TokenCounter, selected: dict[int, list[int]]) -> tuple[str, int]:
+    text = _render_places(index, _places(index, selected))
+    tokens = _exact_tokens(index, counter, selected)
+    return text, counter.count(text) if tokens is None else tokens
 
 
 def assemble_context(
@@ -295,8 +543,7 @@ def assemble_context(
             if not selected[last]:
                 del selected[last]
                 added.pop()
-            text = _render_text(index, _chronological(index, selected))
-            tokens = counter.count(text)
+            text, tokens = _count_selection(index, counter, selected)
         if tokens > available:
             raise MedalignError(f"budget {budget} is too small for even an empty record context ({tokens} tokens)")
         packing.selected, packing.added = selected, added

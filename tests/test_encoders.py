@@ -71,3 +71,41 @@ def test_unknown_backend_or_dtype_is_one_clear_error():
     with pytest.raises(MedalignError, match="unknown encoder dtype 'fp8'"):
         EncoderSpec.parse("torch-fp8")
     assert EncoderSpec.parse("openvino-bf16") == EncoderSpec("openvino", "bf16")
+
+
+def test_length_batches_bound_padding_and_keep_every_text_once():
+    from hypothesis import given, settings, strategies as st
+
+    from medalign_rag.index.encoders import MIN_FILL, _length_batches
+
+    @settings(max_examples=200, deadline=None)
+    @given(lengths=st.lists(st.integers(1, 256), max_size=200), batch_size=st.integers(1, 64))
+    def check(lengths, batch_size):
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+        batches = _length_batches(order, lengths, batch_size)
+        assert [i for batch in batches for i in batch] == order
+        for batch in batches:
+            assert 1 <= len(batch) <= batch_size
+            assert all(lengths[i] >= MIN_FILL * lengths[batch[0]] for i in batch)
+        # a batch is only cut early when the next text would pad too much
+        for batch, following in zip(batches, batches[1:]):
+            assert len(batch) == batch_size or lengths[following[0]] < MIN_FILL * lengths[batch[0]]
+
+    check()
+
+
+def test_light_model_files_tokenize_like_sentence_transformers():
+    """The ONNX/OpenVINO encoders read the model folder without sentence-transformers; same tokens, limit, size."""
+    from medalign_rag.index.embedding import ModelFiles, load_sentence_model, packaged_model_path
+
+    path = packaged_model_path()
+    assert ModelFiles.readable(path)
+    light, full = ModelFiles(path), load_sentence_model()
+    assert light.max_seq_length == full.max_seq_length
+    assert light.get_embedding_dimension() == full.get_embedding_dimension()
+    texts = ["Encounter Inpatient 2019-03-04", "      <event type=\"lab\" name=\"HbA1c\">7.9 %</event>",
+             "insulin glargine 10 units subcutaneous nightly; metformin 500 mg BID " * 40, "", "é 日本 ünïcödé"]
+    for kwargs in ({"add_special_tokens": False, "return_offsets_mapping": True},
+                   {"add_special_tokens": True, "truncation": True, "max_length": light.max_seq_length}):
+        assert dict(light.tokenizer(texts, **kwargs)) == dict(full.tokenizer(texts, **kwargs))
+    assert light.tokenizer.pad_token_id == full.tokenizer.pad_token_id

@@ -94,3 +94,17 @@ def test_a_killed_worker_is_replaced_and_every_index_is_complete(tmp_path, local
         index = load_index(index_dir, patient_id)  # verifies every checksum: nothing half-written
         assert index.vectors.ntotal == len(index.window_chunk) > 0
     assert not list(index_dir.glob(".*.build-*"))
+
+
+def test_patients_are_dealt_largest_record_first(tmp_path):
+    """Ray hands tasks to whichever actor is free: big records first keeps one actor from getting two of them."""
+    from medalign_rag.index.engines.ray import _largest_first
+
+    write_cohort(tmp_path, n=4)
+    data = open_data_folder(tmp_path)
+    ids = data.patient_ids()
+    sizes = {p: data.record_path(p).stat().st_size for p in ids}
+    ordered = _largest_first(data, ids)
+    assert sorted(ordered) == sorted(ids)
+    assert [sizes[p] for p in ordered] == sorted(sizes.values(), reverse=True)
+    assert _largest_first(object(), ids) == ids  # a source without record files keeps its order

@@ -62,6 +62,63 @@ def load_sentence_model(name: str = DEFAULT_EMBEDDING_MODEL):
         raise MedalignError(f"cannot load embedding model {name!r} from {path}: {exc}") from exc
 
 
+class ModelFiles:
+    """What the ONNX and OpenVINO encoders need of a sentence-transformers folder (its tokenizer, input limit and
+    output size), read without importing sentence-transformers: that import (torch and the library) costs ~10 s per
+    process on this 2-core machine, paid by every CLI call and every Ray actor."""
+
+    def __init__(self, path: Path) -> None:
+        import json
+
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        self.path = path
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.max_seq_length = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
+        pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+        self.dimension = int(pooling["word_embedding_dimension"])
+
+    def get_embedding_dimension(self) -> int:
+        return self.dimension
+
+    @staticmethod
+    def readable(path: Path) -> bool:
+        """A Transformer -> mean Pooling -> Normalize folder (the graph `onnx_model_path` exports), not lower-cased."""
+        import json
+
+        try:
+            modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((path / "modules.json").read_text())]
+            pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+            config = json.loads((path / "sentence_bert_config.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
+        return (modules == ["Transformer", "Pooling", "Normalize"] and modes == ["pooling_mode_mean_tokens"]
+                and not config.get("do_lower_case", False) and "max_seq_length" in config)
+
+
+@lru_cache(maxsize=2)
+def load_model_files(name: str = DEFAULT_EMBEDDING_MODEL) -> ModelFiles | None:
+    """The light handle on `name`'s files when its ONNX graph is already exported, else None (load the model)."""
+    from medalign_rag.index.encoders import exported_onnx_path
+
+    path = Path(resolve_model_path(name))
+    if not path.is_dir() or not ModelFiles.readable(path) or exported_onnx_path(path) is None:
+        return None
+    return ModelFiles(path)
+
+
+def load_model_for(name: str, backend: str):
+    """The sentence-transformers model, or for the ONNX / OpenVINO backends its light `ModelFiles` when they do."""
+    if backend in ("onnx", "openvino"):
+        files = load_model_files(name)
+        if files is not None:
+            return files
+    return load_sentence_model(name)
+
+
 @dataclass(frozen=True)
 class WindowSettings:
     window_tokens: int = 256  # the encoder's input limit, in its own tokens
@@ -77,11 +134,11 @@ class Embedder:
         from medalign_rag.index.encoders import load_encoder
 
         self.model_name = model_name
-        self.model = load_sentence_model(model_name)
+        spec = EncoderSpec.parse(resolve_encoder(encoder)) if isinstance(encoder, str) else (encoder or EncoderSpec())
+        self.model = load_model_for(model_name, spec.backend)
         self.windows = windows or WindowSettings()
         self.batch_size = batch_size
         self.tokenizer = self.model.tokenizer
-        spec = EncoderSpec.parse(resolve_encoder(encoder)) if isinstance(encoder, str) else (encoder or EncoderSpec())
         self.encoder = load_encoder(model_name, spec.backend, spec.dtype, device)
         self.cache = cache
         limit = int(getattr(self.model, "max_seq_length", 256) or 256)

@@ -108,8 +108,7 @@ class WindowEncoder:
         types = encoded.get("token_type_ids")
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
         pad_id = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in _length_batches(order, [len(x) for x in ids], batch_size):
             width = len(ids[batch[0]])
             input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
             attention = np.zeros((len(batch), width), dtype=np.int64)
@@ -125,6 +124,22 @@ class WindowEncoder:
 
     def _run(self, input_ids: np.ndarray, attention: np.ndarray, token_types: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+# A batch ends early when the next text is shorter than this share of the batch's longest: in a small call (the few
+# new windows of a grown record, lengths 32..256) one batch would pad every text to the longest, more than doubling
+# the tokens encoded; in a large length-sorted stream neighbours are close in length and batches stay full.
+MIN_FILL = 0.75
+
+
+def _length_batches(order: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Cut `order` (longest first) into batches of at most `batch_size` whose rows pad by at most 1 - MIN_FILL."""
+    batches: list[list[int]] = []
+    for index in order:
+        if not batches or len(batches[-1]) >= batch_size or lengths[index] < MIN_FILL * lengths[batches[-1][0]]:
+            batches.append([])
+        batches[-1].append(index)
+    return batches
 
 
 class TorchEncoder(WindowEncoder):
@@ -168,6 +183,12 @@ def _model_fingerprint(model_dir: Path) -> str:
             stat = path.stat()
             digest.update(f"{path.relative_to(model_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
+
+
+def exported_onnx_path(model_dir: Path) -> Path | None:
+    """The ONNX graph already exported from `model_dir`, if any."""
+    target = ENCODER_CACHE / _model_fingerprint(model_dir) / "model.onnx"
+    return target if target.is_file() else None
 
 
 def onnx_model_path(sentence_model, model_dir: Path) -> Path:
@@ -221,9 +242,15 @@ def onnx_model_path(sentence_model, model_dir: Path) -> Path:
 
 
 def _threads() -> int:
-    import torch
+    """Torch's intra-op thread count (OMP_NUM_THREADS, else the cores), without importing torch when not loaded."""
+    import sys
 
-    return max(1, torch.get_num_threads())
+    if "torch" in sys.modules:
+        return max(1, sys.modules["torch"].get_num_threads())
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 class OnnxRuntimeEncoder(WindowEncoder):
@@ -282,10 +309,10 @@ class OpenVinoEncoder(WindowEncoder):
 @lru_cache(maxsize=4)
 def load_encoder(model_name: str, backend: str = "torch", dtype: str = "fp32", device: str = "cpu") -> WindowEncoder:
     """One encoder per (model, backend, dtype) per process: sessions are expensive, calls are thread-compatible."""
-    from medalign_rag.index.embedding import load_sentence_model, resolve_model_path
+    from medalign_rag.index.embedding import load_model_for, resolve_model_path
 
     spec = EncoderSpec(backend, dtype)
-    sentence_model = load_sentence_model(model_name)
+    sentence_model = load_model_for(model_name, spec.backend)
     model_dir = Path(resolve_model_path(model_name))
     if spec.backend == "torch":
         return TorchEncoder(sentence_model, spec, device)

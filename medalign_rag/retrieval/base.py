@@ -6,6 +6,7 @@ from abc import abstractmethod
 from datetime import datetime
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+import numpy as np
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
@@ -69,12 +70,14 @@ class PatientRetriever(BaseRetriever):
         """One score per chunk position (higher is better)."""
 
     def rank(self, query: str) -> list[tuple[int, float]]:
-        scored = self.scores(query)
-        order = sorted(
-            (p for p in range(len(self.index.chunks)) if self.eligible(p)),
-            key=lambda p: (-scored[p], -self.index.chunks[p].ordinal),
-        )
-        return [(p, float(scored[p])) for p in order]
+        """Eligible chunk positions by score, ties newest first (one stable numpy sort: this runs per query)."""
+        scored = np.asarray(self.scores(query))
+        chunks = self.index.chunks
+        eligible = np.fromiter((self.eligible(p) for p in range(len(chunks))), dtype=bool, count=len(chunks))
+        positions = np.flatnonzero(eligible)
+        ordinals = np.fromiter((chunks[p].ordinal for p in positions), dtype=np.int64, count=len(positions))
+        order = positions[np.lexsort((-ordinals, -scored[positions]))]
+        return list(zip(order.tolist(), scored[order].astype(np.float64).tolist()))
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         ranked = self.rank(query_bundle.query_str)[: self.top_k]

@@ -46,6 +46,23 @@ class IndexWorker:
         }
 
 
+def _largest_first(source, patient_ids: list[str]) -> list[str]:
+    """Patients by record size, largest first, where the source keeps one file per record. Ray hands the next task
+    to whichever actor is free, so big records start first and small ones fill the gaps (longest processing time
+    first); in the given order two big records could share one actor while the other idles."""
+    record_path = getattr(source, "record_path", None)
+    if record_path is None:
+        return list(patient_ids)
+
+    def size(patient_id: str) -> int:
+        try:
+            return record_path(patient_id).stat().st_size
+        except (OSError, MedalignError):
+            return 0
+
+    return sorted(patient_ids, key=size, reverse=True)
+
+
 class RayEngine:
     """Builds on Ray; `address=None` starts (or joins) Ray on this machine."""
 
@@ -113,15 +130,21 @@ class RayEngine:
             ray = self._ensure_ray()
             workers = self.num_workers or max(1, int(ray.available_resources().get("CPU", 1)
                                                      // max(self.num_cpus_per_worker, 1e-9)))
-            workers = min(workers, max(1, -(-len(pending) // self.patients_per_task)))
+            workers = min(workers, len(pending))
+            # Small cohorts go one patient per task so no actor idles while another works through a batch of big
+            # records; a cohort of many patients keeps batches (fewer round trips) of up to `patients_per_task`.
+            per_task = max(1, min(self.patients_per_task, len(pending) // (workers * 4)))
+            pending = _largest_first(source, pending)
             dataset = ray.data.from_items([{"patient_id": p} for p in pending],
-                                          override_num_blocks=max(1, min(len(pending), workers * 4)))
+                                          override_num_blocks=max(1, -(-len(pending) // per_task)))
             built = dataset.map_batches(
                 IndexWorker,
                 fn_constructor_kwargs={"settings_json": builder.settings.model_dump_json(), "source": source,
                                        "force": force, "gpus": self.num_gpus_per_worker},
-                batch_size=self.patients_per_task,
-                compute=ray.data.ActorPoolStrategy(size=workers),
+                batch_size=per_task,
+                # one task at a time per actor: a queued task waits for the actor it was sent to, so with several in
+                # flight a big record can queue behind another while a second actor idles
+                compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
                 num_cpus=self.num_cpus_per_worker,
                 num_gpus=self.num_gpus_per_worker or None,
                 batch_format="numpy",
