@@ -602,6 +602,49 @@ def near_duplicate(a: frozenset[int], b: frozenset[int], threshold: float = COPY
     return len(a & b) / min(len(a), len(b)) >= threshold
 
 
+class _NoteCopies:
+    """Per loaded index: each long note's shingles and, per pair of notes asked about, whether one copies the other.
+    Packing asks the same questions for every rescaling attempt and every question about the patient; the answers
+    depend only on the two texts, so they are computed once."""
+
+    MAX_PAIRS = 1_000_000  # forget the pair answers beyond this (a long-running server over many questions)
+
+    def __init__(self) -> None:
+        self.shingles: dict[tuple[int, int], frozenset[int]] = {}
+        self.pairs: dict[tuple[tuple[int, int], tuple[int, int]], bool] = {}
+
+    def of(self, index: PatientIndex, position: int, i: int) -> frozenset[int]:
+        key = (position, i)
+        found = self.shingles.get(key)
+        if found is None:
+            found = self.shingles[key] = _shingles(index.chunks[position].events[i].text)
+        return found
+
+    def twin(self, key: tuple[int, int], shingles: frozenset[int], notes: list) -> tuple | None:
+        """The first packed note (shingles, position, event position) in `notes` that `key`'s note copies."""
+        pairs = self.pairs
+        if len(pairs) > self.MAX_PAIRS:
+            pairs.clear()
+        for note in notes:
+            pair = (key, (note[1], note[2]))
+            same = pairs.get(pair)
+            if same is None:
+                same = pairs[pair] = near_duplicate(shingles, note[0])
+            if same:
+                return note
+        return None
+
+
+_NOTE_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _note_copies(index: PatientIndex) -> _NoteCopies:
+    found = _NOTE_COPIES.get(index.state)
+    if found is None:
+        found = _NOTE_COPIES[index.state] = _NoteCopies()
+    return found
+
+
 def _flowsheet_key(event: Event) -> tuple[str, str | None, str | None, str | None] | None:
     """The concept a value belongs to on a flowsheet line; None for what must keep its own line (notes, text)."""
     if event.kind is EventKind.note or (event.text is not None and len(event.text) > FLOWSHEET_MAX_TEXT):
@@ -811,7 +854,47 @@ def _once_each(values: list[tuple[Event, int, str]]) -> list[str]:
     return items
 
 
-def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], layout: _Layout) -> str:
+class _LineCounts:
+    """Exact token counts of rendered lines (each with its newline), per loaded index and tokenizer: a context is
+    rendered and counted several times while packing (rescaling attempts, budgets, questions), mostly from the same
+    event lines, so only lines not seen before are tokenized."""
+
+    MAX_LINES = 500_000  # forget beyond this (flowsheet lines and tables differ from question to question)
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, int] = {}
+
+    def count(self, counter: TokenCounter, lines: list[str]) -> int | None:
+        """Tokens of "\n".join(lines) + "\n", or None when a line does not split cleanly (count the text whole)."""
+        tokens = self.tokens
+        if len(tokens) > self.MAX_LINES:
+            tokens.clear()
+        new = [line for line in dict.fromkeys(lines) if line not in tokens]
+        if not all(line_splits_cleanly(line) for line in new):
+            return None
+        for line, n in zip(new, count_many(counter, [line + "\n" for line in new])):
+            tokens[line] = n
+        return sum(tokens[line] for line in lines)
+
+
+_LINE_COUNTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _count_lines(index: PatientIndex, counter: TokenCounter, lines: list[str]) -> int:
+    """Tokens of the text of `lines` joined by newlines (with a final one): summed per line where cl100k's
+    pre-tokenizer makes that exact (see ADDITIVE_COUNTERS), else counted whole."""
+    if _counts_additively(counter):
+        per_index = _LINE_COUNTS.setdefault(index.state, {})
+        counts = per_index.get(counter.name)
+        if counts is None:
+            counts = per_index[counter.name] = _LineCounts()
+        tokens = counts.count(counter, lines)
+        if tokens is not None:
+            return tokens
+    return counter.count("\n".join(lines) + "\n")
+
+
+def _render_event_lines(index: PatientIndex, items: list[tuple[int, int, int]], layout: _Layout) -> list[str]:
     """The chosen events under their encounter headers: first the encounter's flowsheet lines (one per concept,
     values in time order, the date written when it changes), then its tables (one row per event), then the rest
     as XML entries."""
@@ -858,7 +941,7 @@ def _render_event_text(index: PatientIndex, items: list[tuple[int, int, int]], l
         lines.append(EVENTS_CLOSE)
         lines.append(ENCOUNTER_CLOSE)
     lines.append(STREAM_CLOSE)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 class _EventPacking(BaseModel):
@@ -893,14 +976,15 @@ def _pack_events(
     also_cited: dict[str, list[str]] = {}
     complete = True
     misses = 0
+    copies = _note_copies(index)
     for position, i in order:
         chunk = index.chunks[position]
         event = chunk.events[i]
         if not _visible(event, time_anchor):
             continue
         if dedupe_notes and event.text and len(event.text) > 200:
-            shingles = _shingles(event.text)
-            twin = next((n for n in notes if near_duplicate(shingles, n[0])), None)
+            shingles = copies.of(index, position, i)
+            twin = copies.twin((position, i), shingles, notes)
             if twin is not None:
                 kept = index.chunks[twin[1]].events[twin[2]]
                 if event.timestamp > kept.timestamp:
@@ -1000,8 +1084,9 @@ def assemble_event_context(
         layout = _layout(index, costs, _flowsheet_costs(index, counter), event_ranking, available, min_values,
                          min_rows, time_anchor)
 
-    def render(selected: dict[int, list[int]]) -> str:
-        return _render_event_text(index, _chronological(index, selected), layout)
+    def render(selected: dict[int, list[int]]) -> tuple[str, int]:
+        lines = _render_event_lines(index, _chronological(index, selected), layout)
+        return "\n".join(lines) + "\n", _count_lines(index, counter, lines)
 
     # Per-item estimates are off from the exact count of the joined text (dates, separators, merges across
     # items), in either direction: pack by estimate, count exactly, rescale, keep the fullest packing that fits.
@@ -1010,8 +1095,7 @@ def assemble_event_context(
     best = None
     for _ in range(6):
         packing = _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes, layout)
-        text = render(packing.selected)
-        tokens = counter.count(text)
+        text, tokens = render(packing.selected)
         scale = packing.estimated_tokens / max(tokens, 1)
         if tokens <= available:
             if best is None or tokens > best[2]:
@@ -1030,8 +1114,7 @@ def assemble_event_context(
             packing.selected[p].remove(i)
             if not packing.selected[p]:
                 del packing.selected[p]
-            text = render(packing.selected)
-            tokens = counter.count(text)
+            text, tokens = render(packing.selected)
         if tokens > available:
             raise MedalignError(f"budget {budget} is too small for even an empty record context ({tokens} tokens)")
         best = (packing, text, tokens)
