@@ -9,6 +9,7 @@ on whole 256-token encounter chunks, most of whose events are not what was asked
    this patient's own concept names; the events of matched concepts inside the question's period (or visit) come
    first, best concept first, in the question's direction (newest first for "latest", oldest for "first", newest
    first otherwise), interleaved across concepts so that each matched concept shows its leading values early.
+   A strong concept's values outside the period follow, before text retrieval's events.
    Words of the question that occur only in events' short free text, never in a concept name ("via the pr
    route" -> "PR; QHS"), are details, not concepts: candidates holding them come first, and they are not matched
    as concept names.
@@ -55,6 +56,7 @@ EventPosition = tuple[int, int]  # (chunk position, event position inside the ch
 MAX_CONCEPTS = 12  # matched concepts whose events become candidates, best first
 STRONG_MATCH = 0.5  # a concept match at or above this fused score leads the ranking; weaker ones follow chunks
 MAX_RANKED_TOKENS = 131072  # events of ranked chunks are listed until their chunks hold this many tokens
+OUTSIDE_PERIOD = True  # strong concepts' values outside the period follow the in-period ones (tuned: tune part)
 KIND_FALLBACK = 0.5  # a kind-level question ("any drug") names no concept: none covers half of its other words
 DETAIL_TEXT = 160  # events with at most this much free text (a drug's route and frequency) are searched for details
 DETAIL_SHARE = 0.5  # a detail word found in more than this share of the candidates does not tell them apart
@@ -71,7 +73,7 @@ class EventsRetriever(PatientRetriever):
                  time_anchor: datetime | None = None, vocabulary: Vocabulary | None = None,
                  max_concepts: int = MAX_CONCEPTS, strong_match: float = STRONG_MATCH,
                  kind_fallback: float = KIND_FALLBACK, dense_concepts: bool = True,
-                 max_ranked_tokens: int = MAX_RANKED_TOKENS) -> None:
+                 max_ranked_tokens: int = MAX_RANKED_TOKENS, outside_period: bool = OUTSIDE_PERIOD) -> None:
         super().__init__(index, top_k=top_k, time_anchor=time_anchor)
         self.embedder = embedder
         self.vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
@@ -81,6 +83,7 @@ class EventsRetriever(PatientRetriever):
         self.kind_fallback = kind_fallback
         self.max_ranked_tokens = max_ranked_tokens
         self.dense_concepts = dense_concepts
+        self.outside_period = outside_period
         self.last_cues: TemporalCues | None = None
         self.last_matches: list[ConceptMatch] = []
 
@@ -124,11 +127,14 @@ class EventsRetriever(PatientRetriever):
         # any potassium concept first; the first drug of any drug), weaker matches after them.
         strong: list[int] = []
         weak: list[int] = []
+        outside: list[int] = []
         for match in matches:
             events = table.concepts[match.concept].events
             events = events[visible[events]]
             if in_period is not None:
-                events = events[in_period[events]]  # outside the period: reached through text retrieval only
+                if self.outside_period and match.score >= self.strong_match:
+                    outside.extend(int(e) for e in events[~in_period[events]])
+                events = events[in_period[events]]
             (strong if match.score >= self.strong_match else weak).extend(int(e) for e in events)
         newest_first = cues.direction != "first"
         detail = self._detail_events(cues, table, strong + weak)
@@ -138,6 +144,10 @@ class EventsRetriever(PatientRetriever):
                 head += _by_time(table, [e for e in events if e in detail], newest_first)
                 events = [e for e in events if e not in detail]
             head += _by_time(table, events, newest_first)
+        # A strong concept's values outside the question's period come next, before the events of text retrieval:
+        # a period read too narrowly, or a visit resolved to another stay, still leaves the asked concept's values
+        # within reach, and they are closer to the question than unrelated events of retrieved chunks.
+        head += _by_time(table, outside, newest_first)
 
         ranked_chunks = [p for p, _ in self.text.rank(self.vocabulary.readable(query, ASKING_WORDS))]
         order: list[EventPosition] = []
