@@ -607,7 +607,7 @@ class _NoteCopies:
     Packing asks the same questions for every rescaling attempt and every question about the patient; the answers
     depend only on the two texts, so they are computed once."""
 
-    MAX_PAIRS = 1_000_000  # forget the pair answers beyond this (a long-running server over many questions)
+    MAX_PAIRS = 200_000  # forget the pair answers beyond this (tens of MB; a long-running server, many questions)
 
     def __init__(self) -> None:
         self.shingles: dict[tuple[int, int], frozenset[int]] = {}
@@ -859,7 +859,7 @@ class _LineCounts:
     rendered and counted several times while packing (rescaling attempts, budgets, questions), mostly from the same
     event lines, so only lines not seen before are tokenized."""
 
-    MAX_LINES = 500_000  # forget beyond this (flowsheet lines and tables differ from question to question)
+    MAX_LINES = 100_000  # forget beyond this (flowsheet lines and tables differ from question to question)
 
     def __init__(self) -> None:
         self.tokens: dict[str, int] = {}
