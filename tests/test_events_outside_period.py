@@ -1,5 +1,6 @@
-"""A strong concept's values outside the question's period follow the in-period ones, before text retrieval's
-events: a period read too narrowly still leaves the asked concept within reach."""
+"""With `outside_period`, a strong concept's values outside the question's period follow the in-period ones,
+before text retrieval's events: a period read too narrowly still leaves the asked concept within reach. (An
+option, off by default: see events.OUTSIDE_PERIOD.)"""
 
 from medalign_rag.retrieval.events import EventsRetriever
 from medalign_rag.retrieval.vocabulary import build_vocabulary
@@ -18,7 +19,8 @@ def test_values_outside_the_period_come_after_those_inside_and_before_other_even
     before_stay = potassium - in_stay
     assert len(in_stay) == len(before_stay) == 6
 
-    ids = _ids(index, EventsRetriever(index, embedder, vocabulary=build_vocabulary()).rank_events(question))
+    ids = _ids(index, EventsRetriever(index, embedder, vocabulary=build_vocabulary(),
+                                      outside_period=True).rank_events(question))
     assert set(ids[:6]) == in_stay  # the asked period's values lead
     assert set(ids[6:12]) == before_stay  # then the concept's other values, newest first, before anything else
     assert ids[6] == "k0-60"
