@@ -56,9 +56,9 @@ EventPosition = tuple[int, int]  # (chunk position, event position inside the ch
 MAX_CONCEPTS = 12  # matched concepts whose events become candidates, best first
 STRONG_MATCH = 0.5  # a concept match at or above this fused score leads the ranking; weaker ones follow chunks
 MAX_RANKED_TOKENS = 131072  # events of ranked chunks are listed until their chunks hold this many tokens
-# Off by default: on the FHIR-AgentBench tune part it raised @8k 0.940 -> 0.953, but it cost the synthetic
-# cohort's tune half 0.927 -> 0.873 at 2k (its budget went to values the question's period excludes); the gain
-# follows the benchmark's gold, which lists a concept's events outside the asked period.
+# Off by default: on the FHIR-AgentBench tune part it raised @8k 0.940 -> 0.953, but it cost the copied-forward
+# synthetic cohort 0.910 -> 0.871 at 2k (budget spent on values the question's period excludes; a broader variant
+# cost its tune half 0.927 -> 0.873); the gain follows that benchmark's gold, which lists out-of-period events.
 OUTSIDE_PERIOD = False  # strong concepts' values outside the period follow the in-period ones
 KIND_FALLBACK = 0.5  # a kind-level question ("any drug") names no concept: none covers half of its other words
 DETAIL_TEXT = 160  # events with at most this much free text (a drug's route and frequency) are searched for details
