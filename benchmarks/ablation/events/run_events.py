@@ -5,14 +5,17 @@ sha256(patient id) fall below 0.4 of their range; `make_shorthand.is_test_patien
 threshold of `events` was tuned on the tune part only; the figures below are on the test part unless a row says
 otherwise. Intervals are clustered by patient: 1000 bootstrap resamples of patients, not of questions.
 
+    medalign-rag convert mimic-iv-demo --src ../shared/data/mimic_iv_demo --meds ../shared/data/mimic_iv_demo_meds \
+        --out data/mimic_fhir --tasks ../shared/data/fhir_agentbench/dev.csv   # records + vocabulary/ + questions
+    medalign-rag synth --out data/synth_cf --patients 20 --seed 7 --copy-forward 0.3
     python benchmarks/ablation/events/run_events.py --data data/mimic_fhir --index-dir indexes/mimic_fhir \
-        --vocabulary ../shared/data/mimic_iv_demo [--synthetic /tmp/synth_cf]
+        --synthetic data/synth_cf
 
 Clinicians' shorthand is measured twice: on this project's rewrites of the tune part (`shorthand_tune.csv`,
 make_shorthand.py; the strategy was tuned on them) and on a second, independent rewriter's rewrites of the test part
 (`shorthand_test.csv`, make_shorthand_test.py; `--shorthand-test`; never used for tuning). The source's own
-vocabulary reaches `events` through the record source (`vocabulary_terms()`, e.g. a `vocabulary/` folder beside
-`ehrs/` holding MIMIC's d_items/d_labitems); `--vocabulary` adds folders through `$MEDALIGN_RAG_VOCABULARY`.
+vocabulary reaches `events` through the record source (`vocabulary_terms()`, e.g. the `vocabulary/` folder that
+`convert` writes beside `medalign_ehr_xml/`, holding MIMIC's d_items/d_labitems); `--vocabulary` adds folders through `$MEDALIGN_RAG_VOCABULARY`.
 
 Per-item results go to `items.jsonl` in the output folder's `work/` (resumable, not committed); `summary.csv` and
 `report.md` are written from them.
