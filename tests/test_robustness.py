@@ -254,9 +254,12 @@ def test_9_11_ctrl_c_during_bench_says_how_to_resume(tmp_path):
                       "strategies: [full, recency, bm25, dense, hybrid, temporal, oracle]\n"
                       "budgets: [512, 1024, 2048, 4096, 8192]\n")
     env = {k: v for k, v in os.environ.items() if k != "MEDALIGN_PROGRESS"}
+    # A terminal's shell starts a command with Ctrl-C at its default. A child inherits an ignored SIGINT, and
+    # Python then keeps ignoring it: a library in this test process that left SIGINT ignored made this test fail.
     process = subprocess.Popen([sys.executable, "-m", "medalign_rag.cli", "bench", "--config", str(config),
                                 "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+                               text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first_line = process.stderr.readline()  # the first progress line: imports are done, work has started
         assert first_line.strip(), "bench printed no progress before exiting"
