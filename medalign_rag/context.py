@@ -311,6 +311,24 @@ def _chronological(index: PatientIndex, selected: dict[int, list[int]]) -> list[
     return [flat_items[at] for at in _places(index, selected).tolist()]
 
 
+def _append_entries(index: PatientIndex, cache: RenderCache, items, lines: list[str]) -> None:
+    """Append the events `items` (record order) as `<entry>` groups, one per timestamp, from cached lines."""
+    last_stamp = None
+    for _, position, i in items:
+        stamp = index.chunks[position].events[i].timestamp
+        if stamp != last_stamp:
+            if last_stamp is not None:
+                lines.append(ENTRY_CLOSE)
+            entry = cache.entry_open.get(stamp)
+            if entry is None:
+                entry = cache.entry_open[stamp] = render_entry_open(stamp)
+            lines.append(entry)
+            last_stamp = stamp
+        lines.append(cache.event_lines[position][i])
+    if last_stamp is not None:
+        lines.append(ENTRY_CLOSE)
+
+
 def _render_text(index: PatientIndex, items: list[tuple[int, int, int]]) -> str:
     """Same text as `render_encounter` per encounter, joined from cached lines (this runs several times per
     instruction, so it must not re-escape the record each time)."""
@@ -319,20 +337,7 @@ def _render_text(index: PatientIndex, items: list[tuple[int, int, int]]) -> str:
     for encounter_id, group in groupby(items, key=lambda item: index.chunks[item[1]].encounter_id):
         lines.append(cache.encounter_open[encounter_id])
         lines.append(EVENTS_OPEN)
-        last_stamp = None
-        for _, position, i in group:
-            stamp = index.chunks[position].events[i].timestamp
-            if stamp != last_stamp:
-                if last_stamp is not None:
-                    lines.append(ENTRY_CLOSE)
-                entry = cache.entry_open.get(stamp)
-                if entry is None:
-                    entry = cache.entry_open[stamp] = render_entry_open(stamp)
-                lines.append(entry)
-                last_stamp = stamp
-            lines.append(cache.event_lines[position][i])
-        if last_stamp is not None:
-            lines.append(ENTRY_CLOSE)
+        _append_entries(index, cache, group, lines)
         lines.append(EVENTS_CLOSE)
         lines.append(ENCOUNTER_CLOSE)
     lines.append(STREAM_CLOSE)
@@ -924,20 +929,7 @@ def _render_event_lines(index: PatientIndex, items: list[tuple[int, int, int]], 
             lines.append(_table_open(sheet.types[kind]))
             lines.extend(_ROW_INDENT + row for row in _once_each(values))
             lines.append(_TABLE_CLOSE)
-        last_stamp = None
-        for _, position, i in rest:
-            stamp = index.chunks[position].events[i].timestamp
-            if stamp != last_stamp:
-                if last_stamp is not None:
-                    lines.append(ENTRY_CLOSE)
-                entry = cache.entry_open.get(stamp)
-                if entry is None:
-                    entry = cache.entry_open[stamp] = render_entry_open(stamp)
-                lines.append(entry)
-                last_stamp = stamp
-            lines.append(cache.event_lines[position][i])
-        if last_stamp is not None:
-            lines.append(ENTRY_CLOSE)
+        _append_entries(index, cache, rest, lines)
         lines.append(EVENTS_CLOSE)
         lines.append(ENCOUNTER_CLOSE)
     lines.append(STREAM_CLOSE)
