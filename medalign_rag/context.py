@@ -460,25 +460,22 @@ def _exact_tokens(index: PatientIndex, counter: TokenCounter, selected: dict[int
     return None if exact is None else exact.count(_render_cache(index), _places(index, selected))
 
 
-def _fit_by_rescaling(index: PatientIndex, counter: TokenCounter, available: int, pack):
-    """Per-line estimates are a few percent off the exact count of the joined text, in either direction. Pack by
-    estimate (`pack(target)`), count exactly, rescale the estimated budget, and keep the fullest packing that fits.
-
-    The exact count is summed per line where the tokenizer guarantees it (`ExactCounts`), else the rendered text is
-    counted; either way only the packing that is returned is rendered.
+def _fit_by_rescaling(available: int, pack, measure, render, attempts: int = 5):
+    """Per-item estimates are a few percent off the exact count of the joined text, in either direction. Pack by
+    estimate (`pack(target)`), count exactly (`measure(packing)` -> (its text or None when counted without
+    rendering, exact tokens)), rescale the estimated budget, and keep the fullest packing that fits. Only the
+    packings returned are rendered (`render(packing)` -> text), and only when `measure` did not already.
 
     Returns (best fitting (packing, text, tokens) or None, the last packing, its text, its exact tokens)."""
     tolerance = max(8, available // 100)
     target = available * 0.99  # estimates run a little high or low; starting just under usually fits first time
     best = None
-    rendered: list[tuple[_Packing, str]] = []  # by identity: packings are not hashable
-    for _ in range(5):
+    measured: list[tuple[object, str]] = []  # texts by packing identity: packings are not hashable
+    for _ in range(attempts):
         packing = pack(target)
-        tokens = _exact_tokens(index, counter, packing.selected)
-        if tokens is None:
-            text = _render_places(index, _places(index, packing.selected))
-            rendered.append((packing, text))
-            tokens = counter.count(text)
+        text, tokens = measure(packing)
+        if text is not None:
+            measured.append((packing, text))
         scale = packing.estimated_tokens / max(tokens, 1)
         if tokens <= available:
             if best is None or tokens > best[2]:
@@ -490,8 +487,8 @@ def _fit_by_rescaling(index: PatientIndex, counter: TokenCounter, available: int
             target -= (tokens - available) * scale * 1.02 + 1
 
     def text_of(chosen) -> str:
-        text = next((text for candidate, text in rendered if candidate is chosen), None)
-        return text if text is not None else _render_places(index, _places(index, chosen.selected))
+        text = next((text for candidate, text in measured if candidate is chosen), None)
+        return text if text is not None else render(chosen)
 
     last_text = text_of(packing) if best is None or best[0] is packing else None
     if best is not None:
@@ -537,8 +534,19 @@ def assemble_context(
     newest_first = newest_events_first
     order = ranking
 
+    def render(packing: _Packing) -> str:
+        return _render_places(index, _places(index, packing.selected))
+
+    def measure(packing: _Packing) -> tuple[str | None, int]:
+        tokens = _exact_tokens(index, counter, packing.selected)
+        if tokens is not None:
+            return None, tokens
+        text = render(packing)
+        return text, counter.count(text)
+
     best, packing, text, tokens = _fit_by_rescaling(
-        index, counter, available, lambda target: _pack(index, costs, order, target, fixed, time_anchor, newest_first))
+        available, lambda target: _pack(index, costs, order, target, fixed, time_anchor, newest_first), measure,
+        render)
     if best is None:
         # Still over after rescaling (pathological tokenization): drop the lowest-ranked events until it fits.
         selected, added = packing.selected, list(packing.added)
@@ -1082,21 +1090,10 @@ def assemble_event_context(
 
     # Per-item estimates are off from the exact count of the joined text (dates, separators, merges across
     # items), in either direction: pack by estimate, count exactly, rescale, keep the fullest packing that fits.
-    tolerance = max(8, available // 100)
-    target = available * 0.99
-    best = None
-    for _ in range(6):
-        packing = _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes, layout)
-        text, tokens = render(packing.selected)
-        scale = packing.estimated_tokens / max(tokens, 1)
-        if tokens <= available:
-            if best is None or tokens > best[2]:
-                best = (packing, text, tokens)
-            if packing.complete or available - tokens <= tolerance:
-                break
-            target += (available - tokens) * scale * 0.98
-        else:
-            target -= (tokens - available) * scale * 1.02 + 1
+    best, packing, text, tokens = _fit_by_rescaling(
+        available,
+        lambda target: _pack_events(index, costs, event_ranking, target, fixed, time_anchor, dedupe_notes, layout),
+        lambda packing: render(packing.selected), lambda packing: render(packing.selected)[0], attempts=6)
     if best is None:
         # still over (pathological tokenization): drop the lowest-ranked chosen events until it fits
         rank_of = {item: r for r, item in enumerate(event_ranking)}
