@@ -109,18 +109,24 @@ def rewrite(question: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def main(data_folder: str, out: str | None = None) -> None:
+def write_rewrites(data_folder: str, target: Path, *, test_part: bool, rewrite_question) -> int:
+    """Write (question_id, question, shorthand) for one part of the split, in id order; returns the row count."""
     from medalign_rag.records.dataset import open_data_folder
 
-    target = Path(out) if out else Path(__file__).with_name("shorthand_tune.csv")
-    rows = [i for i in open_data_folder(data_folder).instructions() if not is_test_patient(i.patient_id)]
+    rows = [i for i in open_data_folder(data_folder).instructions() if is_test_patient(i.patient_id) == test_part]
     rows.sort(key=lambda i: i.instruction_id)
     with open(target, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["question_id", "question", "shorthand"])
         for row in rows:
-            writer.writerow([row.instruction_id, row.question, rewrite(row.question)])
-    print(f"{len(rows)} tune questions -> {target}")
+            writer.writerow([row.instruction_id, row.question, rewrite_question(row.question)])
+    return len(rows)
+
+
+def main(data_folder: str, out: str | None = None) -> None:
+    target = Path(out) if out else Path(__file__).with_name("shorthand_tune.csv")
+    count = write_rewrites(data_folder, target, test_part=False, rewrite_question=rewrite)
+    print(f"{count} tune questions -> {target}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ rewrites was looked at, and nothing in the strategy is tuned on them. The meanin
 
 from __future__ import annotations
 
-import csv
 import re
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from make_shorthand import is_test_patient  # noqa: E402
+from make_shorthand import write_rewrites  # noqa: E402
 
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 
@@ -107,17 +106,9 @@ def rewrite(question: str) -> str:
 
 
 def main(data_folder: str, out: str | None = None) -> None:
-    from medalign_rag.records.dataset import open_data_folder
-
     target = Path(out) if out else HERE / "shorthand_test.csv"
-    rows = [i for i in open_data_folder(data_folder).instructions() if is_test_patient(i.patient_id)]
-    rows.sort(key=lambda i: i.instruction_id)
-    with open(target, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["question_id", "question", "shorthand"])
-        for row in rows:
-            writer.writerow([row.instruction_id, row.question, rewrite(row.question)])
-    print(f"{len(rows)} test questions -> {target}")
+    count = write_rewrites(data_folder, target, test_part=True, rewrite_question=rewrite)
+    print(f"{count} test questions -> {target}")
 
 
 if __name__ == "__main__":
