@@ -41,8 +41,6 @@ VALIDATION_COSINE = 0.999
 
 
 def prepare(args: argparse.Namespace) -> None:
-    from safetensors.numpy import load_file, save_file
-
     from encoder_bench import cohort_windows
     from medalign_rag.datasets.synthetic import generate_cohort
     from medalign_rag.index.embedding import resolve_model_path
@@ -66,14 +64,22 @@ def prepare(args: argparse.Namespace) -> None:
           f"{time.perf_counter() - started:.1f} s (load {os.getloadavg()[0]:.2f})")
     np.save(out / "reference.npy", reference)
 
-    model_dir = Path(resolve_model_path(MODEL))
+    total = write_small_model(Path(resolve_model_path(MODEL)), used, out)
+    print(f"kept {len(used)} of {total} word-embedding rows; wrote {out}")
+
+
+def write_small_model(model_dir: Path, used_ids: np.ndarray, out: Path) -> int:
+    """The model folder without its word-embedding matrix, plus the rows of `used_ids`: `rebuild_model` restores a
+    model that embeds any text made of those tokens exactly as the original does."""
+    from safetensors.numpy import load_file, save_file
+
     small = out / "model"
     shutil.copytree(model_dir, small, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors", "*.onnx"))
     weights = load_file(str(model_dir / "model.safetensors"))
     word_rows = weights.pop(WORD_EMBEDDINGS)
-    np.savez(out / "word_rows.npz", ids=used, rows=word_rows[used], shape=np.array(word_rows.shape))
+    np.savez(out / "word_rows.npz", ids=used_ids, rows=word_rows[used_ids], shape=np.array(word_rows.shape))
     save_file(weights, str(small / "weights-without-word-embeddings.safetensors"))
-    print(f"kept {len(used)} of {word_rows.shape[0]} word-embedding rows; wrote {out}")
+    return int(word_rows.shape[0])
 
 
 def rebuild_model(prepared: Path, into: Path) -> Path:
