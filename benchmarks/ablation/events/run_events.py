@@ -13,7 +13,9 @@ otherwise. Intervals are clustered by patient: 1000 bootstrap resamples of patie
 
 Clinicians' shorthand is measured twice: on this project's rewrites of the tune part (`shorthand_tune.csv`,
 make_shorthand.py; the strategy was tuned on them) and on a second, independent rewriter's rewrites of the test part
-(`shorthand_test.csv`, make_shorthand_test.py; `--shorthand-test`; never used for tuning). The source's own
+(`shorthand_test.csv`, make_shorthand_test.py; `--shorthand-test`; never used for tuning). `--shorthand-test` can be
+repeated to add further held-out rewrites of the test part (e.g. a third rewriter's `shorthand_test2.csv`), each
+reported as its own row under its file stem. The source's own
 vocabulary reaches `events` through the record source (`vocabulary_terms()`, e.g. the `vocabulary/` folder that
 `convert` writes beside `medalign_ehr_xml/`, holding MIMIC's d_items/d_labitems); `--vocabulary` adds folders through `$MEDALIGN_RAG_VOCABULARY`.
 
@@ -154,8 +156,10 @@ def main() -> None:
     parser.add_argument("--index-dir", required=True)
     parser.add_argument("--vocabulary", action="append", default=[])
     parser.add_argument("--shorthand", default=str(HERE / "shorthand_tune.csv"))
-    parser.add_argument("--shorthand-test", default=str(HERE / "shorthand_test.csv"),
-                        help="held-out rewrites of the test part (make_shorthand_test.py); never used for tuning")
+    parser.add_argument("--shorthand-test", action="append", default=None,
+                        help="held-out rewrites of the test part (default: shorthand_test.csv from "
+                             "make_shorthand_test.py); never used for tuning. Repeatable: the first file is reported "
+                             "as wording `shorthand`, each further one under its file stem")
     parser.add_argument("--synthetic", default=None, help="a synthetic cohort generated with copy_forward")
     parser.add_argument("--out", default=str(HERE))
     parser.add_argument("--work", default=None)
@@ -191,12 +195,17 @@ def main() -> None:
         rewritten = {row["question_id"]: row["shorthand"] for row in csv.DictReader(handle)}
     tune_short = [i.model_copy(update={"question": rewritten[i.instruction_id]}) for i in tune
                   if i.instruction_id in rewritten]
-    test_short = []
-    if args.shorthand_test and Path(args.shorthand_test).is_file():
-        with open(args.shorthand_test, newline="", encoding="utf-8") as handle:
+    test_shorts: list[tuple[str, list]] = []  # (wording, rewritten test questions), one per held-out file
+    for number, path in enumerate(args.shorthand_test or [str(HERE / "shorthand_test.csv")]):
+        wording = "shorthand" if number == 0 else Path(path).stem
+        if number and wording in {"written", "shorthand"} | {w for w, _ in test_shorts}:
+            parser.error(f"--shorthand-test {path}: its name {wording!r} is taken; rename the file")
+        if not Path(path).is_file():
+            continue
+        with open(path, newline="", encoding="utf-8") as handle:
             held_out = {row["question_id"]: row["shorthand"] for row in csv.DictReader(handle)}
-        test_short = [i.model_copy(update={"question": held_out[i.instruction_id]}) for i in test
-                      if i.instruction_id in held_out]
+        test_shorts.append((wording, [i.model_copy(update={"question": held_out[i.instruction_id]}) for i in test
+                                      if i.instruction_id in held_out]))
     print(f"test part: {len(test)} questions over {len({i.patient_id for i in test})} patients; tune part: "
           f"{len(tune)} over {len({i.patient_id for i in tune})}", flush=True)
 
@@ -207,8 +216,7 @@ def main() -> None:
                                              "hybrid": [2048], "full": [32768]}),
         (pipeline, tune, "tune", "written", {"events": [2048], "temporal": [2048]}),
         (pipeline, tune_short, "tune", "shorthand", {"events": [2048], "temporal": [2048]}),
-        (pipeline, test_short, "test", "shorthand", {"events": [2048], "temporal": [2048]}),
-    ]
+    ] + [(pipeline, short, "test", wording, {"events": [2048], "temporal": [2048]}) for wording, short in test_shorts]
     if args.synthetic:
         synth_source = open_data_folder(args.synthetic)
         synth_pipeline = Pipeline(synth_source, IndexSettings(index_dir=Path(args.synthetic) / "indexes"))
@@ -315,6 +323,10 @@ def write_outputs(out: Path, items: Items, timing: dict, seconds: float, sampled
         f"| coverage @2k, held-out shorthand (second rewriter, test part, never tuned on) minus as written "
         f"(paired) | {diff(('test', 'shorthand', 'temporal', 2048), ('test', 'written', 'temporal', 2048))} | "
         f"{diff(('test', 'shorthand', 'events', 2048), ('test', 'written', 'events', 2048))} | within 0.03 |",
+        *(f"| coverage @2k, held-out shorthand `{wording}` (test part, never tuned on) minus as written (paired) | "
+          f"{diff(('test', wording, 'temporal', 2048), ('test', 'written', 'temporal', 2048))} | "
+          f"{diff(('test', wording, 'events', 2048), ('test', 'written', 'events', 2048))} | within 0.03 |"
+          for wording in sorted({k[1] for k in groups if k[0] == 'test'} - {'written', 'shorthand'})),
         (f"| median latency, rank + pack at 32k, {timing['record_tokens']:,}-token record ({timing['questions']} "
          f"questions) | {timing['temporal'] * 1000:.1f} ms (`hybrid` {timing['hybrid'] * 1000:.1f} ms) | "
          f"{timing['events'] * 1000:.1f} ms | <= 50 ms |") if timing else
