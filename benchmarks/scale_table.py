@@ -1,5 +1,11 @@
 """The issue-14 table ("Index at cohort scale") from the JSON files the three benchmarks leave in their --out folders.
 
+One run, every benchmark one after the other in one invocation (what RESULTS.md's table is filled from):
+
+    python benchmarks/scale_table.py --run W [--gpu gpu-encoder-bench.json]
+
+or the same steps by hand:
+
     python benchmarks/encoder_bench.py --out W/enc
     python benchmarks/index_bench.py --patients 4 --rounds 1 --variants ours-before,ray --out W/ib
     python benchmarks/retrieval_bench.py --quick --patients 12 --out W/rb
@@ -13,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,16 +38,45 @@ def load_note(info: dict) -> str:
     return f"load {info['uptime_before'].split(' (')[0]} before, {info['uptime_after'].split(' (')[0]} after"
 
 
+HERE = Path(__file__).resolve().parent
+
+
+def run_all(work: Path, index_patients: int, results: Path) -> dict:
+    """The three benchmarks, one after the other, each in its own process (as a user runs them)."""
+    steps = [
+        ("encoder", [sys.executable, str(HERE / "encoder_bench.py"), "--out", str(work / "enc"), "--results", str(results)]),
+        ("index", [sys.executable, str(HERE / "index_bench.py"), "--patients", str(index_patients), "--rounds", "1",
+                   "--variants", "ours-before,ray", "--skip-cli", "--out", str(work / "ib"), "--results", str(results)]),
+        ("retrieval", [sys.executable, str(HERE / "retrieval_bench.py"), "--out", str(work / "rb"), "--results", str(results)]),
+    ]
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    for name, command in steps:
+        print(f"== {name}: {' '.join(command)} (load {os.getloadavg()[0]:.2f})", flush=True)
+        with open(work / f"{name}.log", "w") as log:
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return {"started": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", type=Path, required=True)
-    parser.add_argument("--index", type=Path, required=True)
-    parser.add_argument("--retrieval", type=Path, required=True)
+    parser.add_argument("--run", type=Path, default=None, help="run all three benchmarks into this folder first")
+    parser.add_argument("--index-patients", type=int, default=12)
+    parser.add_argument("--gpu", type=Path, default=None, help="gpu-encoder-bench.json from a GPU worker")
+    parser.add_argument("--encoder", type=Path, default=None)
+    parser.add_argument("--index", type=Path, default=None)
+    parser.add_argument("--retrieval", type=Path, default=None)
     parser.add_argument("--reindex", type=Path, default=None,
                         help="a later re-index measurement (reindex.json: empty cache, previous index in place)")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    one_run = None
+    if args.run:
+        args.run.mkdir(parents=True, exist_ok=True)
+        one_run = run_all(args.run, args.index_patients, args.results)
+        args.encoder, args.index, args.retrieval = args.run / "enc", args.run / "ib", args.run / "rb"
+    if not (args.encoder and args.index and args.retrieval):
+        parser.error("give --run, or all of --encoder, --index and --retrieval")
 
     enc = load(args.encoder, "encoder-bench.json")
     ib = load(args.index, "index-bench.json")
@@ -75,11 +113,27 @@ def main() -> None:
         reindex_note = (f"unchanged encounters reuse the previous index's chunks and vectors, embedding cache empty; "
                         f"measured separately, load {later['load_before'][0]:.1f}")
 
+    if one_run:
+        command = (f"Command: `python benchmarks/scale_table.py --run {args.run}` ({one_run['started']} to "
+                   f"{one_run['ended']} UTC), one run: the three benchmarks one after the other on this machine "
+                   f"({ib['info']['machine']}):")
+    else:
+        command = (f"Command: `python benchmarks/scale_table.py --encoder {args.encoder} --index {args.index} "
+                   f"--retrieval {args.retrieval}` over three runs on this machine ({ib['info']['machine']}), one "
+                   "after the other:")
+    gpu = json.loads(args.gpu.read_text()) if args.gpu else None
+    gpu_row = "| encoder tokens/s on one GPU worker | - | not measured | reported |"
+    if gpu:
+        fp32 = [row for row in gpu["rows"] if row["variant"].startswith("medalign-rag TorchEncoder fp32")]
+        top = max(fp32, key=lambda row: row["median_tokens_per_s"])
+        gpu_row = (f"| encoder tokens/s on one GPU worker ({gpu['gpu']}, {gpu['started_utc']} UTC; "
+                   f"`benchmarks/gpu_encoder_bench.py`, section 'Encoder on one GPU worker') | - | "
+                   f"**{top['median_tokens_per_s']:,.0f}** (TorchEncoder fp32 on cuda, median of {gpu['rounds']}; "
+                   f"cosine to CPU fp32 min {top['cosine_min']:.5f}) | reported |")
     lines = [
         "## Index at cohort scale (issue 14)",
         "",
-        f"Command: `python benchmarks/scale_table.py --encoder {args.encoder} --index {args.index} --retrieval "
-        f"{args.retrieval}` over three runs on this machine ({ib['info']['machine']}), one after the other:",
+        command,
         f"encoder bench {enc['info']['started']} ({load_note(enc['info'])}); index bench {ib['info']['started']} "
         f"({load_note(ib['info'])}); retrieval bench {rb['info']['started']} ({load_note(rb['info'])}). "
         "The load averages (2 cores, shared with other jobs) make every absolute figure here pessimistic; each "
@@ -102,16 +156,17 @@ def main() -> None:
         f"({rb.get('encoder')}); QueryFusionRetriever + same packing {fusion:.1f} ms = {fusion / hybrid:.2f}x | "
         f"< 20 ms, >= 3x |",
         f"| query embedding alone, median | {query_fp32:.1f} ms | **{query:.1f} ms** | a few ms |",
-        f"| Ray engine on this machine (2 actors x 1 CPU, Ray start-up outside the clock, model loads inside), "
-        f"throughput vs local engine | - | **{ray_rate / rate:.2f}x** ({ray_rate:.2f} vs {rate:.2f} chunks/s) | "
-        f">= 0.8x |" if ray_rate else "| Ray engine | - | not run | >= 0.8x |",
-        "| 500 synthetic patients (or the OMOP / Synthea cohorts): wall time and peak RSS | - | not measured (left "
-        "open: the machine was shared at load ~20 during this work) | reported |",
+        f"| Ray engine on this machine ({ours['patients']} patients; 2 actors x 1 CPU, Ray start-up outside the "
+        f"clock, model loads inside), throughput vs local engine | - | **{ray_rate / rate:.2f}x** ({ray_rate:.2f} vs "
+        f"{rate:.2f} chunks/s) | >= 0.8x |" if ray_rate else "| Ray engine | - | not run | >= 0.8x |",
+        gpu_row,
+        "| 500 synthetic patients (or the OMOP / Synthea cohorts): wall time and peak RSS | - | not part of this run:"
+        " all 47 Synthea FHIR patients 444.4 s of build, 7 min 32 s wall, peak RSS 2,320 MiB, 11,369 chunks "
+        "(section 'Record sources') | reported |",
         "",
         f"Where hybrid's 32k time goes (same run): ranking alone (hybrid `rank`, query embedding included) "
         f"{median('ours retrieval only | hybrid | None'):.1f} ms; packing 32k tokens alone dominates the rest "
-        f"(`full`, which ranks nothing, takes {median('ours | full | 32768'):.1f} ms at 32k): the < 20 ms goal needs "
-        f"packing without re-rendering (context.py).",
+        f"(`full`, which ranks nothing, takes {median('ours | full | 32768'):.1f} ms at 32k).",
         "",
         f"Padding (the whole {enc['patients']}-patient cohort, batch 64): per-patient encode calls "
         f"{100 * (enc['per_patient_padded'] - enc['real_tokens']) / enc['per_patient_padded']:.1f}% of encoded tokens,"
