@@ -165,7 +165,7 @@ def main() -> None:
         "(section 'Record sources') | reported |",
         "",
         f"Where hybrid's 32k time goes (same run): ranking alone (hybrid `rank`, query embedding included) "
-        f"{median('ours retrieval only | hybrid | None'):.1f} ms; packing 32k tokens alone dominates the rest "
+        f"{median('ours retrieval only | hybrid | None'):.1f} ms; the rest is packing "
         f"(`full`, which ranks nothing, takes {median('ours | full | 32768'):.1f} ms at 32k).",
         "",
         f"Padding (the whole {enc['patients']}-patient cohort, batch 64): per-patient encode calls "
