@@ -46,11 +46,34 @@ STOPWORDS = sorted(set(STOPWORDS_EN_PLUS) | {"patient", "patients", "pt", "value
                                               "kind", "route", "name"})
 
 
-@lru_cache(maxsize=1)
-def _stemmer():
-    import Stemmer  # PyStemmer: "drugs"/"drug", "diagnosed"/"diagnoses" meet
+# Latin stems that English spells two ways between a verb and its noun, which a suffix stemmer leaves apart:
+# admit/admission, prescribe/prescription, receive/reception, transfer stays. Both sides are read as the verb's.
+_STEM_ALTERNATIONS = (("miss", "mit"), ("script", "scrib"), ("cept", "ceiv"), ("sumpt", "sum"), ("solut", "solv"))
 
-    return Stemmer.Stemmer("english")
+
+class _Stemmer:
+    """PyStemmer's English stemmer ("drugs"/"drug", "diagnosed"/"diagnoses" meet), with the verb/noun stem
+    alternations above joined ("admitted"/"admission" -> "admit")."""
+
+    def __init__(self) -> None:
+        import Stemmer
+
+        self._english = Stemmer.Stemmer("english")
+
+    def stemWord(self, word: str) -> str:  # noqa: N802 (PyStemmer's and bm25s' name)
+        stem = self._english.stemWord(word)
+        for noun, verb in _STEM_ALTERNATIONS:
+            if stem.endswith(noun) and len(stem) > len(noun) + 1:
+                return stem[: -len(noun)] + verb
+        return stem
+
+    def stemWords(self, words: list[str]) -> list[str]:  # noqa: N802
+        return [self.stemWord(w) for w in words]
+
+
+@lru_cache(maxsize=1)
+def _stemmer() -> _Stemmer:
+    return _Stemmer()
 
 
 def _tokenize(texts: list[str], *, return_ids: bool = True):
@@ -62,6 +85,9 @@ def _tokenize(texts: list[str], *, return_ids: bool = True):
 _NAME_VECTORS: dict[tuple[str, str], np.ndarray] = {}
 
 MAX_CLIPPINGS = 6  # a shortened word standing for more of this patient's words than this is too vague to expand
+# Words of measure that put the next word in a noun's place: "total out", "volume of out" (out: output).
+QUANTITY_WORDS = frozenset({"total", "amount", "volume", "quantity", "sum", "net"})
+_WORD = re.compile(r"[a-z0-9]+")
 _VOWELS = frozenset("aeiouy")
 
 LEXICAL_WEIGHT = 0.6  # share of the lexical score in a concept's match score (the rest is dense similarity)
@@ -117,7 +143,8 @@ class ConceptTable:
     vocabulary: Vocabulary | None = field(default=None, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
     _words_by_letter: dict[str, list[str]] | None = field(default=None, repr=False)
-    _clippings: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _clippings: dict[tuple[str, bool], tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _name_words: frozenset[str] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -134,16 +161,16 @@ class ConceptTable:
                              else np.zeros((0, embedder.dimension), np.float32))
         return self._vectors
 
-    def clippings(self, word: str) -> tuple[str, ...]:
+    def clippings(self, word: str, *, stopword: bool = False) -> tuple[str, ...]:
         """This patient's (stemmed) concept words that `word`, absent from them, shortens: a clipping ("temp":
         temperature, "micro": microbiology, "phos": phosphate, "press": pressure) or, for a word with no vowel
         after its first letter, a contraction ("wgt": weight, "plts": platelets, "hct": hematocrit). Words the
         abbreviation list knows are left to it; () when none, or too many to mean anything."""
-        cached = self._clippings.get(word)
+        cached = self._clippings.get((word, stopword))
         if cached is not None:
             return cached
         found: tuple[str, ...] = ()
-        if len(word) >= 3 and not word.isdigit() and word not in _STOPWORD_SET and not (
+        if len(word) >= 3 and not word.isdigit() and (stopword or word not in _STOPWORD_SET) and not (
                 self.vocabulary is not None and self.vocabulary.meanings(word)):
             if self._words_by_letter is None:
                 by_letter: dict[str, set[str]] = {}
@@ -165,18 +192,42 @@ class ConceptTable:
             found = tuple(prefixed) if prefixed else tuple(contracted)
             if len(found) > MAX_CLIPPINGS:
                 found = ()
-        self._clippings[word] = found
+        self._clippings[(word, stopword)] = found
         return found
 
-    def lexical_scores(self, query: str) -> np.ndarray:
+    def noun_position_clippings(self, query: str) -> dict[str, tuple[str, ...]]:
+        """Stopwords of `query` that stand where a noun stands and shorten this patient's concept words: clinicians
+        write "total out", "foley out" for output. A stopword is in a noun's place right after a word of measure
+        ("total", "volume") or a word of this patient's concept names ("foley", "void"); after anything else
+        ("find out", "carried out") it is the function word it usually is. {} when there is none."""
+        words = _WORD.findall(query.lower())
+        found: dict[str, tuple[str, ...]] = {}
+        for previous, word in zip(words, words[1:]):
+            if word not in _STOPWORD_SET or word in found:
+                continue
+            if previous in QUANTITY_WORDS or (previous not in _STOPWORD_SET and self._is_name_word(previous)):
+                readings = self.clippings(word, stopword=True)
+                if readings:
+                    found[word] = readings
+        return found
+
+    def _is_name_word(self, word: str) -> bool:
+        if self._name_words is None:
+            self._name_words = frozenset(t for tokens in self.search_tokens for t in tokens)
+        return _stemmer().stemWord(word) in self._name_words
+
+    def lexical_scores(self, query: str, extra_readings: Iterable[tuple[str, ...]] = ()) -> np.ndarray:
+        """BM25 over the concepts' search texts, plus each shortened word's readings (clippings; `extra_readings`:
+        readings of words the tokenizer drops, such as a stopword in a noun's place)."""
         if self.bm25 is None:
             return np.zeros(len(self.concepts), dtype=np.float32)
         tokens = _tokenize([query], return_ids=False)[0]
-        if not tokens:
+        extra_readings = [r for r in extra_readings if r]
+        if not tokens and not extra_readings:
             return np.zeros(len(self.concepts), dtype=np.float32)
-        scores = np.asarray(self.bm25.get_scores(tokens), dtype=np.float32)
-        for token in dict.fromkeys(tokens):
-            readings = self.clippings(token)
+        scores = (np.asarray(self.bm25.get_scores(tokens), dtype=np.float32) if tokens
+                  else np.zeros(len(self.concepts), dtype=np.float32))
+        for readings in [self.clippings(token) for token in dict.fromkeys(tokens)] + extra_readings:
             if not readings:
                 continue
             # the readings of one shortened word are alternatives ("micro": microbiology or microcytes), weighed
@@ -195,11 +246,12 @@ class ConceptTable:
 
         `expansions`: what the question's abbreviations stand for (Vocabulary.meanings_in of the question as
         typed, before any lower-casing), matched along with the query."""
-        expansions = [e for e in expansions if e.lower() not in query.lower()]
+        expansions = self.held_whole([e for e in expansions if e.lower() not in query.lower()])
         expanded = f"{query} {' '.join(expansions)}".strip()
         if not self.concepts or not expanded:
             return []
-        lexical = self.lexical_scores(expanded)
+        particles = self.noun_position_clippings(query)
+        lexical = self.lexical_scores(expanded, particles.values())
         best_lexical = float(lexical.max()) if len(lexical) else 0.0
         lexical = lexical / best_lexical if best_lexical > 0 else np.zeros_like(lexical)
         if embedder is not None:
@@ -215,18 +267,33 @@ class ConceptTable:
             return []
         chosen = np.flatnonzero(score >= fraction * best)
         chosen = chosen[np.argsort(-score[chosen], kind="stable")][:limit]
-        words = _tokenize([query], return_ids=False)[0]
+        words = _tokenize([query], return_ids=False)[0] + list(particles)
         meant = set(_tokenize([" ".join(expansions)], return_ids=False)[0]) if expansions else set()
         return [ConceptMatch(int(i), float(score[i]), float(lexical[i]), float(dense[i]),
-                             self.coverage(int(i), words, meant)) for i in chosen]
+                             self.coverage(int(i), words, meant, particles)) for i in chosen]
 
-    def coverage(self, concept: int, words: list[str], meant: set[str]) -> float:
+    def held_whole(self, meanings: list[str]) -> list[str]:
+        """The meanings of several words that some concept of this patient holds whole, and every one-word
+        meaning: an ambiguous abbreviation ("Cr": creatinine, clinical response, controlled release) is read
+        as what this record holds ("Creatinine"), not by the stray word one of its other meanings shares with
+        an unrelated concept ("GCS - Verbal Response")."""
+        kept = []
+        for meaning in meanings:
+            words = set(_tokenize([meaning], return_ids=False)[0])
+            if len(words) <= 1 or any(words <= tokens for tokens in self.search_tokens):
+                kept.append(meaning)
+        return kept
+
+    def coverage(self, concept: int, words: list[str], meant: set[str],
+                 particles: dict[str, tuple[str, ...]] | None = None) -> float:
         """Share of the query's words found in the concept's search text; an abbreviation counts as found when
-        something it stands for is (its meanings are all in `meant`)."""
+        something it stands for is (its meanings are all in `meant`), a shortened word when a reading is."""
         if not words:
             return 0.0
         tokens = self.search_tokens[concept]
-        found = sum(1 for w in words if w in tokens or any(c in tokens for c in self.clippings(w)))
+        particles = particles or {}
+        found = sum(1 for w in words if w in tokens or any(c in tokens for c in particles.get(w) or
+                                                           self.clippings(w)))
         if meant & tokens and found < len(words):
             found += 1
         return min(1.0, found / len(words))

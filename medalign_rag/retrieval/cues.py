@@ -32,7 +32,8 @@ from medalign_rag.retrieval.time_cues import (
     TemporalCues,
     parse_temporal_cues,
 )
-from medalign_rag.retrieval.vocabulary import VISIT_WORDS, patient_pattern
+from medalign_rag.records.model import EventKind
+from medalign_rag.retrieval.vocabulary import VISIT_WORDS, kinds_named, patient_pattern
 
 _ORDINALS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth"}
 _SHORTHAND = [
@@ -42,12 +43,15 @@ _SHORTHAND = [
     (re.compile(r"\b(\d+)\s*(?:yrs?|y)\b"), r"\1 years"),
     (re.compile(r"\bprev\b|\bpreceding\b"), "previous"),
     (re.compile(r"\bmost\s+recently\b|\bmost\s+rec\b"), "most recent"),
-    (re.compile(r"\bd/c(?:'?d)?\b"), "discharge"),
+    (re.compile(r"\bd/?c(?:'?e?d)?\b"), "discharge"),
+    # a discharge without a kind of visit is the hospital discharge, as an admission is the hospital's
+    (re.compile(r"(?<!hospital )(?<!icu )(?<!unit )(?<!department )(?<!room )(?<!ed )(?<!er )"
+                r"\bdischarge\b(?!\s+from\b)"), "hospital discharge"),
     (re.compile(r"\b(this|current|present)\s+(hospital visit|icu stay|visit|stay)\b"), r"last \2"),
     (re.compile(r"\bsince\s+(?:the\s+)?(?:last\s+)?hospital visit\b"), "during the last hospital visit"),
 ]
-_VISIT_PATTERN = re.compile(
-    r"\b(" + "|".join(re.escape(word) for word in sorted(VISIT_WORDS, key=len, reverse=True)) + r")\b",
+_VISIT_PATTERN = re.compile(  # not after an apostrophe: "dc'ed" holds no "ED"
+    r"(?<!['\u2019])\b(" + "|".join(re.escape(word) for word in sorted(VISIT_WORDS, key=len, reverse=True)) + r")\b",
     re.IGNORECASE)
 _CONTRACTION = re.compile(r"\b(what|when|where|who|how|that|it|there|here)'s\b", re.IGNORECASE)
 _SHORT_YEAR_DATE = re.compile(r"\b(?P<m>[01]?\d)/(?P<d>[0-3]?\d)/(?P<y>\d{2})\b")
@@ -78,7 +82,10 @@ def normalize_shorthand(question: str, time_anchor: datetime | None) -> str:
     text = _SHORT_YEAR_DATE.sub(
         lambda m: f"{m['m']}/{m['d']}/{_century_near(int(m['y']), time_anchor)}", text)
     lowered = text.lower()
+    about_drugs = EventKind.drug in kinds_named(lowered)  # "d/c" of a drug is its discontinuation, not a discharge
     for pattern, replacement in _SHORTHAND:
+        if about_drugs and "discharge" in replacement:
+            continue
         lowered = pattern.sub(replacement, lowered)
     # "hospital hospital visit" after replacing "hospital admission" inside a longer phrase
     return re.sub(r"\bhospital\s+hospital\b", "hospital", lowered)

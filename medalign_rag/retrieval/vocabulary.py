@@ -145,6 +145,11 @@ VISIT_WORDS: dict[str, str] = {
 _TOKEN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z0-9]*(?:[+/&][A-Za-z0-9]*)*\+?")
 
 
+def _bare(term: str) -> str:
+    """An abbreviation without its inner punctuation ("d/c" -> "dc", "i&o" -> "io", "s.o.b." -> "sob")."""
+    return re.sub(r"[/&.'\-]", "", term)
+
+
 def _norm(term: str) -> str:
     return re.sub(r"\s+", " ", term.strip().lower())
 
@@ -184,6 +189,8 @@ class Vocabulary:
     drug_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # brand/other name -> generic names
     _phrase_keys: list[str] | None = field(default=None, repr=False)
     _packaged_phrases: frozenset[str] = field(default=frozenset(), repr=False)
+    _bare_keys: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
+    _bare_size: int = field(default=-1, repr=False)
 
     def add_abbreviation(self, abbreviation: str, meaning: str) -> None:
         key, meaning = _norm(abbreviation), meaning.strip()
@@ -207,14 +214,32 @@ class Vocabulary:
             self.add_abbreviation(abbreviation, term.label)
 
     def meanings(self, token: str) -> tuple[str, ...]:
-        """What `token` may stand for, when it looks like an abbreviation; () otherwise."""
+        """What `token` may stand for, when it looks like an abbreviation; () otherwise. Punctuation inside an
+        abbreviation is optional: "dc" also reads as the list's "d/c", "io" as "i&o"."""
         if not looks_like_abbreviation(token):
             return ()
         lower = token.lower()
         found = self.abbreviations.get(lower) or self.abbreviations.get(lower.rstrip("+"), ())
         if not found and lower.endswith("s") and len(lower) > 2:  # "abxs", "BPs"
             found = self.abbreviations.get(lower[:-1], ())
+        bare = _bare(lower)
+        if len(bare) >= 2 and (bare == lower or not found):  # typed punctuation is kept when the list has it
+            others = self._bare_index().get(bare, ())
+            if bare != lower:
+                others = (*self.abbreviations.get(bare, ()), *others)
+            found = tuple(dict.fromkeys((*found, *others)))
         return found
+
+    def _bare_index(self) -> dict[str, tuple[str, ...]]:
+        """Abbreviations written with inner punctuation ("d/c", "i&o", "s/p"), keyed without it."""
+        if self._bare_keys is None or self._bare_size != len(self.abbreviations):
+            index: dict[str, tuple[str, ...]] = {}
+            for key, meanings in self.abbreviations.items():
+                bare = _bare(key)
+                if bare != key and " " not in key and len(bare) >= 2:
+                    index[bare] = tuple(dict.fromkeys((*index.get(bare, ()), *meanings)))
+            self._bare_keys, self._bare_size = index, len(self.abbreviations)
+        return self._bare_keys
 
     def meanings_in(self, text: str, *, visits: bool = True, asking_words: frozenset[str] = frozenset()) -> list[str]:
         """What the abbreviations (and, with `visits`, the visit words) of `text` stand for, in order; `text` as
