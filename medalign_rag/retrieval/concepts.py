@@ -46,34 +46,11 @@ STOPWORDS = sorted(set(STOPWORDS_EN_PLUS) | {"patient", "patients", "pt", "value
                                               "kind", "route", "name"})
 
 
-# Latin stems that English spells two ways between a verb and its noun, which a suffix stemmer leaves apart:
-# admit/admission, prescribe/prescription, receive/reception, transfer stays. Both sides are read as the verb's.
-_STEM_ALTERNATIONS = (("miss", "mit"), ("script", "scrib"), ("cept", "ceiv"), ("sumpt", "sum"), ("solut", "solv"))
-
-
-class _Stemmer:
-    """PyStemmer's English stemmer ("drugs"/"drug", "diagnosed"/"diagnoses" meet), with the verb/noun stem
-    alternations above joined ("admitted"/"admission" -> "admit")."""
-
-    def __init__(self) -> None:
-        import Stemmer
-
-        self._english = Stemmer.Stemmer("english")
-
-    def stemWord(self, word: str) -> str:  # noqa: N802 (PyStemmer's and bm25s' name)
-        stem = self._english.stemWord(word)
-        for noun, verb in _STEM_ALTERNATIONS:
-            if stem.endswith(noun) and len(stem) > len(noun) + 1:
-                return stem[: -len(noun)] + verb
-        return stem
-
-    def stemWords(self, words: list[str]) -> list[str]:  # noqa: N802
-        return [self.stemWord(w) for w in words]
-
-
 @lru_cache(maxsize=1)
-def _stemmer() -> _Stemmer:
-    return _Stemmer()
+def _stemmer():
+    import Stemmer  # PyStemmer: "drugs"/"drug", "diagnosed"/"diagnoses" meet
+
+    return Stemmer.Stemmer("english")
 
 
 def _tokenize(texts: list[str], *, return_ids: bool = True):
@@ -246,12 +223,13 @@ class ConceptTable:
 
         `expansions`: what the question's abbreviations stand for (Vocabulary.meanings_in of the question as
         typed, before any lower-casing), matched along with the query."""
-        expansions = self.held_whole([e for e in expansions if e.lower() not in query.lower()])
+        expansions = [e for e in expansions if e.lower() not in query.lower()]
         expanded = f"{query} {' '.join(expansions)}".strip()
         if not self.concepts or not expanded:
             return []
         particles = self.noun_position_clippings(query)
-        lexical = self.lexical_scores(expanded, particles.values())
+        # dense similarity reads every meaning (it weighs them by itself); lexical matching only those held whole
+        lexical = self.lexical_scores(f"{query} {' '.join(self.held_whole(expansions))}", particles.values())
         best_lexical = float(lexical.max()) if len(lexical) else 0.0
         lexical = lexical / best_lexical if best_lexical > 0 else np.zeros_like(lexical)
         if embedder is not None:
@@ -280,7 +258,7 @@ class ConceptTable:
         kept = []
         for meaning in meanings:
             words = set(_tokenize([meaning], return_ids=False)[0])
-            if len(words) <= 1 or any(words <= tokens for tokens in self.search_tokens):
+            if len(words) <= 1 or any(all(_held(w, tokens) for w in words) for tokens in self.search_tokens):
                 kept.append(meaning)
         return kept
 
@@ -297,6 +275,12 @@ class ConceptTable:
         if meant & tokens and found < len(words):
             found += 1
         return min(1.0, found / len(words))
+
+
+def _held(word: str, tokens: frozenset[str]) -> bool:
+    """`word` is among `tokens`, or one of them shares its stem up to an inflection ("urinari" / "urin")."""
+    return word in tokens or (len(word) >= 4 and any(
+        len(t) >= 4 and (t.startswith(word) or word.startswith(t)) for t in tokens))
 
 
 def _is_subsequence(short: str, word: str) -> bool:

@@ -44,6 +44,9 @@ _SHORTHAND = [
     (re.compile(r"\bprev\b|\bpreceding\b"), "previous"),
     (re.compile(r"\bmost\s+recently\b|\bmost\s+rec\b"), "most recent"),
     (re.compile(r"\bd/?c(?:'?e?d)?\b"), "discharge"),
+    # likewise an admission: "admitted" with no place named is admitted to the hospital
+    (re.compile(r"\badmit(?:s|ted|ting)?\b(?!\s+(?:to|into|in\s+(?:the\s+)?(?:icu|ed|er)\b))"),
+     r"\g<0> to the hospital"),
     # a discharge without a kind of visit is the hospital discharge, as an admission is the hospital's
     (re.compile(r"(?<!hospital )(?<!icu )(?<!unit )(?<!department )(?<!room )(?<!ed )(?<!er )"
                 r"\bdischarge\b(?!\s+from\b)"), "hospital discharge"),

@@ -1,0 +1,123 @@
+"""General handling of clinicians' shorthand (issue 13, item 0): a stopword in a noun's place ("total out"),
+abbreviations typed without their inner punctuation ("dc" for "d/c"), an ambiguous abbreviation read by the meaning
+this record holds whole ("Cr"), and a discharge or admission with no kind of visit read as the hospital's."""
+
+from datetime import datetime as D, timedelta
+
+import faiss
+import numpy as np
+import pytest
+
+from medalign_rag.chunking import ChunkingSettings, chunk_record
+from medalign_rag.index.store import IndexManifest, PatientIndex
+from medalign_rag.records.model import Encounter, Event, EventKind, PatientRecord
+from medalign_rag.retrieval.concepts import build_concept_table
+from medalign_rag.retrieval.cues import normalize_shorthand, parse_cues
+from medalign_rag.retrieval.vocabulary import SourceTerm, build_vocabulary
+from medalign_rag.tokenization import default_counter
+
+START = D(2146, 3, 1, 8)
+NAMES = {
+    EventKind.measurement: ["Foley", "Void", "Heart Rate", "Creatinine", "Creatinine, Urine", "GCS - Verbal Response",
+                            "Outpatient Visit Count"],
+    EventKind.drug: ["Heparin", "Warfarin"],
+    EventKind.visit: ["Hospital admission", "Hospital discharge", "ICU discharge"],
+}
+
+
+def index() -> PatientIndex:
+    events = []
+    for kind, names in NAMES.items():
+        for number, name in enumerate(names):
+            events.append(Event(event_id=f"{kind.value}{number}", kind=kind, name=name, value="1",
+                                timestamp=START + timedelta(hours=number)))
+    record = PatientRecord(patient_id="p1", encounters=[Encounter(
+        encounter_id="e1", type="inpatient", start=START, end=START + timedelta(days=3), events=events)])
+    chunks = chunk_record(record, default_counter(), ChunkingSettings(max_tokens=300))
+    manifest = IndexManifest(patient_id="p1", embedding_model="none", dimension=4,
+                             chunking=ChunkingSettings(max_tokens=300), window_tokens=256, overlap_tokens=32,
+                             token_counter="cl100k_base", source_sha256="x", n_chunks=len(chunks), n_windows=0)
+    return PatientIndex(manifest=manifest, chunks=chunks, window_chunk=np.zeros(0, np.int32),
+                        vectors=faiss.IndexFlatIP(4))
+
+
+@pytest.fixture(scope="module")
+def table():
+    vocabulary = build_vocabulary()
+    for label in ("Foley", "Void"):  # as MIMIC's d_items says: these labels live in the output table
+        vocabulary.add_source_term(SourceTerm(label, (), "Output", "output"))
+    return build_concept_table(index(), vocabulary)
+
+
+def matched(table, query: str) -> list[str]:
+    expansions = table.vocabulary.meanings_in(query, visits=False)
+    return [table.concepts[m.concept].name for m in table.match(query, expansions=expansions)]
+
+
+def test_a_stopword_in_a_nouns_place_reads_as_the_patients_word_it_shortens(table):
+    # both of this patient's words "out" shortens are readings, weighed alike (as any clipping's)
+    assert table.noun_position_clippings("total out") == {"out": ("outpati", "output")}
+    assert {"Foley", "Void"} <= set(matched(table, "total out"))
+    assert {"Foley", "Void"} <= set(matched(table, "total volume out"))
+    assert "out" in table.noun_position_clippings("void out amount")  # after a word of this patient's names
+    assert matched(table, "void out amount")[0] == "Void"
+    # after a verb it is the function word it usually is
+    assert table.noun_position_clippings("find out heparin") == {}
+    assert table.noun_position_clippings("carried out") == {}
+    assert matched(table, "find out heparin") == ["Heparin"]
+    assert matched(table, "carried out") == []
+
+
+def test_an_abbreviation_typed_without_its_inner_punctuation_reads_as_the_listed_form():
+    vocabulary = build_vocabulary()
+    assert {"discharge", "discontinue"} <= set(vocabulary.meanings("dc"))
+    assert "intake and output" in vocabulary.meanings("io")  # the list has "i&o"
+    assert "intake and output" in vocabulary.meanings("I/O")
+    # typed punctuation the list knows is kept: "d/c" is not the unrelated "DC"
+    assert "dendritic cell" in vocabulary.meanings("dc")
+    assert "dendritic cell" not in vocabulary.meanings("d/c")
+
+
+def test_an_ambiguous_abbreviation_is_read_by_the_meaning_this_record_holds_whole(table):
+    # "Cr" is listed as clinical response, complete response, controlled release and creatinine; only creatinine
+    # is a concept here, and "response" alone must not pull in "GCS - Verbal Response"
+    assert table.held_whole(["clinical response", "Creatinine", "urine output"]) == ["Creatinine"]
+    names = matched(table, "last Cr")
+    assert names and names[0] == "Creatinine"
+    assert "GCS - Verbal Response" not in names
+    # a meaning whose words differ from the concept's only by inflection is held ("urinary" / "Urine")
+    assert table.held_whole(["creatinine urinary"]) == ["creatinine urinary"]
+
+
+@pytest.mark.parametrize("question, reading", [
+    ("When was 1st d/c time for pt 1?", "first hospital discharge time"),
+    ("last dc date", "last hospital discharge date"),
+    ("When was patient 1's first discharge?", "first hospital discharge"),
+    ("When did pt 1 get admitted for last time?", "admitted to the hospital for last time"),
+    ("was pt 1 admitted in 2150", "admitted to the hospital in 2150"),
+])
+def test_a_discharge_or_admission_without_a_kind_of_visit_is_the_hospitals(question, reading):
+    assert reading in normalize_shorthand(question, None)
+
+
+@pytest.mark.parametrize("question, kept", [
+    ("icu discharge time", "icu discharge"),
+    ("last hospital discharge", "last hospital discharge"),
+    ("discharged from the hospital", "discharged from the hospital"),
+    ("was pt admitted to ED", "admitted to emergency department"),
+    ("were the meds d/c'd", "d/c'd"),  # said of drugs, "d/c" is a discontinuation
+])
+def test_a_named_kind_of_visit_or_a_drug_keeps_its_reading(question, kept):
+    normalized = normalize_shorthand(question, None)
+    assert kept in normalized and "hospital hospital" not in normalized
+
+
+def test_an_apostrophe_suffix_is_not_a_visit_word():
+    assert "emergency" not in normalize_shorthand("any meds dc'ed?", None)
+
+
+def test_shorthand_discharge_reaches_the_hospital_discharge(table):
+    cues = parse_cues("When was 1st d/c time for pt 10007058?", None)
+    assert cues.direction == "first"
+    assert matched(table, cues.content_query)[0] == "Hospital discharge"
+    assert "ICU discharge" not in matched(table, cues.content_query)
