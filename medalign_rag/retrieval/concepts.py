@@ -65,6 +65,7 @@ MAX_CLIPPINGS = 6  # a shortened word standing for more of this patient's words 
 # Words of measure that put the next word in a noun's place: "total out", "volume of out" (out: output).
 QUANTITY_WORDS = frozenset({"total", "amount", "volume", "quantity", "sum", "net"})
 _WORD = re.compile(r"[a-z0-9]+")
+_ABBREVIATION_TOKEN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z0-9]*\+?")
 _VOWELS = frozenset("aeiouy")
 
 LEXICAL_WEIGHT = 0.6  # share of the lexical score in a concept's match score (the rest is dense similarity)
@@ -247,8 +248,23 @@ class ConceptTable:
         chosen = chosen[np.argsort(-score[chosen], kind="stable")][:limit]
         words = _tokenize([query], return_ids=False)[0] + list(particles)
         meant = set(_tokenize([" ".join(expansions)], return_ids=False)[0]) if expansions else set()
+        readings = {**self.abbreviation_readings(query, expansions), **particles}
         return [ConceptMatch(int(i), float(score[i]), float(lexical[i]), float(dense[i]),
-                             self.coverage(int(i), words, meant, particles)) for i in chosen]
+                             self.coverage(int(i), words, meant, readings)) for i in chosen]
+
+    def abbreviation_readings(self, query: str, expansions: list[str]) -> dict[str, tuple[str, ...]]:
+        """Each abbreviation of `query` (a stemmed word) -> the stemmed words of its meanings among `expansions`:
+        "na" -> ("sodium",), so "0.9% Na Cl" covers "Sodium Chloride" word by word."""
+        if self.vocabulary is None or not expansions:
+            return {}
+        wanted = {e.lower() for e in expansions}
+        found: dict[str, tuple[str, ...]] = {}
+        for raw in set(_ABBREVIATION_TOKEN.findall(query)):
+            meanings = [m for m in self.vocabulary.meanings(raw) if m.lower() in wanted]
+            stems = _tokenize([raw], return_ids=False)[0]
+            if meanings and len(stems) == 1:
+                found[stems[0]] = tuple(_tokenize([" ".join(meanings)], return_ids=False)[0])
+        return found
 
     def held_whole(self, meanings: list[str]) -> list[str]:
         """The meanings of several words that some concept of this patient holds whole, and every one-word
@@ -263,14 +279,15 @@ class ConceptTable:
         return kept
 
     def coverage(self, concept: int, words: list[str], meant: set[str],
-                 particles: dict[str, tuple[str, ...]] | None = None) -> float:
-        """Share of the query's words found in the concept's search text; an abbreviation counts as found when
-        something it stands for is (its meanings are all in `meant`), a shortened word when a reading is."""
+                 readings: dict[str, tuple[str, ...]] | None = None) -> float:
+        """Share of the query's words found in the concept's search text; a shortened word or an abbreviation
+        counts as found when one of its readings is (`readings`, else its clippings); one more word counts when
+        something else the question's abbreviations stand for is (`meant`: lay terms of several words)."""
         if not words:
             return 0.0
         tokens = self.search_tokens[concept]
-        particles = particles or {}
-        found = sum(1 for w in words if w in tokens or any(c in tokens for c in particles.get(w) or
+        readings = readings or {}
+        found = sum(1 for w in words if w in tokens or any(c in tokens for c in readings.get(w) or
                                                            self.clippings(w)))
         if meant & tokens and found < len(words):
             found += 1

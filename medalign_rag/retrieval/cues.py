@@ -33,7 +33,13 @@ from medalign_rag.retrieval.time_cues import (
     parse_temporal_cues,
 )
 from medalign_rag.records.model import EventKind
-from medalign_rag.retrieval.vocabulary import VISIT_WORDS, kinds_named, patient_pattern
+from medalign_rag.retrieval.vocabulary import (
+    UNPLACED_ADMISSION,
+    UNQUALIFIED_DISCHARGE,
+    VISIT_WORDS,
+    kinds_named,
+    patient_pattern,
+)
 
 _ORDINALS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth"}
 _SHORTHAND = [
@@ -44,12 +50,9 @@ _SHORTHAND = [
     (re.compile(r"\bprev\b|\bpreceding\b"), "previous"),
     (re.compile(r"\bmost\s+recently\b|\bmost\s+rec\b"), "most recent"),
     (re.compile(r"\bd/?c(?:'?e?d)?\b"), "discharge"),
-    # likewise an admission: "admitted" with no place named is admitted to the hospital
-    (re.compile(r"\badmit(?:s|ted|ting)?\b(?!\s+(?:to|into|in\s+(?:the\s+)?(?:icu|ed|er)\b))"),
-     r"\g<0> to the hospital"),
-    # a discharge without a kind of visit is the hospital discharge, as an admission is the hospital's
-    (re.compile(r"(?<!hospital )(?<!icu )(?<!unit )(?<!department )(?<!room )(?<!ed )(?<!er )"
-                r"\bdischarge\b(?!\s+from\b)"), "hospital discharge"),
+    # a discharge or an admission of no named kind of visit is the hospital's (vocabulary.default_visit_readings)
+    (UNQUALIFIED_DISCHARGE, "hospital discharge"),
+    (UNPLACED_ADMISSION, r"\g<0> to the hospital"),
     (re.compile(r"\b(this|current|present)\s+(hospital visit|icu stay|visit|stay)\b"), r"last \2"),
     (re.compile(r"\bsince\s+(?:the\s+)?(?:last\s+)?hospital visit\b"), "during the last hospital visit"),
 ]

@@ -142,6 +142,25 @@ VISIT_WORDS: dict[str, str] = {
     "appointment": "office visit",
 }
 
+# A discharge or an admission with no kind of visit named is the hospital's, as "admission" alone is a hospital
+# visit above: "1st d/c", "last dc", "was admitted in 2150". Of a drug, "d/c" is a discontinuation instead.
+UNQUALIFIED_DISCHARGE = re.compile(
+    r"(?<!hospital )(?<!icu )(?<!unit )(?<!department )(?<!room )(?<!ed )(?<!er )"
+    r"\b(?:discharge|d/?c)\b(?!\s+from\b)(?!')", re.IGNORECASE)
+UNPLACED_ADMISSION = re.compile(
+    r"\badmit(?:s|ted|ting)?\b(?!\s+(?:to|into|in\s+(?:the\s+)?(?:icu|ed|er))\b)", re.IGNORECASE)
+
+
+def default_visit_readings(text: str) -> list[str]:
+    """"hospital discharge" / "hospital admission" for a discharge or admission of no named kind in `text`."""
+    readings = []
+    if UNQUALIFIED_DISCHARGE.search(text) and EventKind.drug not in kinds_named(text):
+        readings.append("hospital discharge")
+    if UNPLACED_ADMISSION.search(text):
+        readings.append("hospital admission")
+    return readings
+
+
 _TOKEN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z0-9]*(?:[+/&][A-Za-z0-9]*)*\+?")
 
 
@@ -264,6 +283,7 @@ class Vocabulary:
         if visits:
             extra.extend(visit for word, visit in VISIT_WORDS.items()
                          if re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE))
+            extra.extend(default_visit_readings(text))
         if self.drug_names:  # brand and other names of drugs ("coumadin": warfarin), one to three words long
             words = re.findall(r"[a-z][a-z-]*", text.lower())
             for size in (3, 2, 1):
