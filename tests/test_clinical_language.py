@@ -81,12 +81,31 @@ def test_an_abbreviation_typed_without_its_inner_punctuation_reads_as_the_listed
 def test_an_ambiguous_abbreviation_is_read_by_the_meaning_this_record_holds_whole(table):
     # "Cr" is listed as clinical response, complete response, controlled release and creatinine; only creatinine
     # is a concept here, and "response" alone must not pull in "GCS - Verbal Response"
-    assert table.held_whole(["clinical response", "Creatinine", "urine output"]) == ["Creatinine"]
+    meanings = table.vocabulary.meanings("Cr")
+    assert {"clinical response", "Creatinine"} <= set(meanings)
+    assert table.held_whole([*meanings, "drug"], "last Cr") == ["Creatinine", "drug"]
+    # an abbreviation with one meaning keeps it though no concept holds it whole
+    assert table.held_whole(["urine output"], "total UOP") == ["urine output"]
     names = matched(table, "last Cr")
     assert names and names[0] == "Creatinine"
     assert "GCS - Verbal Response" not in names
     # a meaning whose words differ from the concept's only by inflection is held ("urinary" / "Urine")
-    assert table.held_whole(["creatinine urinary"]) == ["creatinine urinary"]
+    assert table._holds_whole("creatinine urinary") and not table._holds_whole("clinical response")
+
+
+def test_the_plural_of_a_clipping_reads_as_the_clipping(table):
+    assert table.clippings("hearts") == ()  # "heart" is a word of this patient's names, not a clipping
+    assert table.clippings("creats") == ("creatinin",)
+    assert matched(table, "last creats")[0] in {"Creatinine", "Creatinine, Urine"}
+
+
+def test_the_plural_of_a_short_abbreviation_reads_as_its_singular():
+    vocabulary = build_vocabulary()
+    assert "saturation" in vocabulary.meanings("sats")
+    assert vocabulary.meanings("less") == () and vocabulary.meanings("days") == ()
+    # a kind's shortening keeps its kind reading, not the list's other meanings of "med"
+    assert vocabulary.meanings("meds") == ()
+    assert "drug" in vocabulary.meanings_in("any meds", visits=False)
 
 
 @pytest.mark.parametrize("question, reading", [

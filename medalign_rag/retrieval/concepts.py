@@ -123,6 +123,7 @@ class ConceptTable:
     _words_by_letter: dict[str, list[str]] | None = field(default=None, repr=False)
     _clippings: dict[tuple[str, bool], tuple[str, ...]] = field(default_factory=dict, repr=False)
     _name_words: frozenset[str] | None = field(default=None, repr=False)
+    _surface: dict[str, str] | None = field(default=None, repr=False)  # stem -> a name's spelling of it
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -158,6 +159,9 @@ class ConceptTable:
                 self._words_by_letter = {k: sorted(v) for k, v in by_letter.items()}
             words = self._words_by_letter.get(word[0], [])
             prefixed = [w for w in words if len(w) > len(word) and w.startswith(word)]
+            if not prefixed and word.endswith("s") and len(word) >= 4 and word[:-1] not in words:
+                # the plural of a clipping ("sats": saturation, "temps"): the plural's "s" is not a letter of it
+                prefixed = [w for w in words if len(w) > len(word) - 1 and w.startswith(word[:-1])]
             if word in words:
                 # the word is itself a label word here ("Temp Pacemaker Rate"): a longer word is another reading
                 # only where it stands without it ("Temperature Fahrenheit"), not as the label's own spelled-out form
@@ -188,6 +192,21 @@ class ConceptTable:
                 if readings:
                     found[word] = readings
         return found
+
+    def reading_words(self, query: str) -> list[str]:
+        """The words of this patient's concept names that the shortened words of `query` stand for, as the names
+        spell them ("micro" -> "microbiology", "microcytes"; "total out" -> "output"): for text retrieval, which
+        does not read clippings by itself."""
+        if self._surface is None:
+            surface: dict[str, str] = {}
+            for text in self.search_texts:
+                for word in _WORD.findall(text.lower()):
+                    surface.setdefault(_stemmer().stemWord(word), word)
+            self._surface = surface
+        readings = [r for token in dict.fromkeys(_tokenize([query], return_ids=False)[0])
+                    for r in self.clippings(token)]
+        readings += [r for found in self.noun_position_clippings(query).values() for r in found]
+        return list(dict.fromkeys(self._surface[r] for r in readings if r in self._surface))
 
     def _is_name_word(self, word: str) -> bool:
         if self._name_words is None:
@@ -230,7 +249,8 @@ class ConceptTable:
             return []
         particles = self.noun_position_clippings(query)
         # dense similarity reads every meaning (it weighs them by itself); lexical matching only those held whole
-        lexical = self.lexical_scores(f"{query} {' '.join(self.held_whole(expansions))}", particles.values())
+        lexical = self.lexical_scores(f"{query} {' '.join(self.held_whole(expansions, query))}",
+                                      particles.values())
         best_lexical = float(lexical.max()) if len(lexical) else 0.0
         lexical = lexical / best_lexical if best_lexical > 0 else np.zeros_like(lexical)
         if embedder is not None:
@@ -266,17 +286,27 @@ class ConceptTable:
                 found[stems[0]] = tuple(_tokenize([" ".join(meanings)], return_ids=False)[0])
         return found
 
-    def held_whole(self, meanings: list[str]) -> list[str]:
-        """The meanings of several words that some concept of this patient holds whole, and every one-word
-        meaning: an ambiguous abbreviation ("Cr": creatinine, clinical response, controlled release) is read
-        as what this record holds ("Creatinine"), not by the stray word one of its other meanings shares with
-        an unrelated concept ("GCS - Verbal Response")."""
-        kept = []
-        for meaning in meanings:
-            words = set(_tokenize([meaning], return_ids=False)[0])
-            if len(words) <= 1 or any(all(_held(w, tokens) for w in words) for tokens in self.search_tokens):
-                kept.append(meaning)
-        return kept
+    def held_whole(self, meanings: list[str], query: str = "") -> list[str]:
+        """`meanings` less the readings of an ambiguous abbreviation of `query` that no concept of this patient
+        holds whole, when another of its readings is held: "Cr" (clinical response, complete response,
+        controlled release, creatinine) is read as "Creatinine" here, not by the stray word "response" one of its
+        other readings shares with "GCS - Verbal Response". An abbreviation with one meaning ("UOP": urine
+        output) or none held keeps them all; meanings of no abbreviation (kind words, drug names) stay."""
+        if self.vocabulary is None or not query:
+            return list(meanings)
+        dropped: set[str] = set()
+        for raw in set(_ABBREVIATION_TOKEN.findall(query)):
+            readings = self.vocabulary.meanings(raw)
+            if len(readings) < 2:
+                continue
+            held = [m for m in readings if self._holds_whole(m)]
+            if held:
+                dropped |= {m.lower() for m in readings if m not in held}
+        return [m for m in meanings if m.lower() not in dropped]
+
+    def _holds_whole(self, meaning: str) -> bool:
+        words = set(_tokenize([meaning], return_ids=False)[0])
+        return bool(words) and any(all(_held(w, tokens) for w in words) for tokens in self.search_tokens)
 
     def coverage(self, concept: int, words: list[str], meant: set[str],
                  readings: dict[str, tuple[str, ...]] | None = None) -> float:

@@ -152,7 +152,10 @@ class EventsRetriever(PatientRetriever):
         # within reach, and they are closer to the question than unrelated events of retrieved chunks.
         head += _by_time(table, outside, newest_first)
 
-        ranked_chunks = [p for p, _ in self.text.rank(self.vocabulary.readable(query, ASKING_WORDS))]
+        text_query = self.vocabulary.readable(query, ASKING_WORDS)
+        spelled = table.reading_words(cues.content_query)  # shortened words ("micro", "total out") spelled out
+        text_query = f"{text_query} ({'; '.join(spelled)})" if spelled else text_query
+        ranked_chunks = [p for p, _ in self.text.rank(text_query)]
         order: list[EventPosition] = []
         seen: set[EventPosition] = set()
 

@@ -179,6 +179,9 @@ def looks_like_abbreviation(token: str) -> bool:
     lower = token.lower().rstrip("+")
     if not lower or lower in _NEVER_ABBREVIATIONS:
         return False
+    if len(lower) == 4 and lower.endswith("s") and not lower.endswith("ss") and not _KIND_WORD_PATTERN.fullmatch(
+            lower):  # the plural of a short abbreviation ("sats", "abxs"); "meds" is read as its kind instead
+        return lower[:-1] not in _NEVER_ABBREVIATIONS
     if len(lower) == 1:
         return token[0].isupper()  # "K", "T", but not the article "a"
     if any(c.isupper() for c in token[1:]) or token.isupper():
