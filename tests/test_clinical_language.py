@@ -140,3 +140,11 @@ def test_shorthand_discharge_reaches_the_hospital_discharge(table):
     assert cues.direction == "first"
     assert matched(table, cues.content_query)[0] == "Hospital discharge"
     assert "ICU discharge" not in matched(table, cues.content_query)
+
+
+def test_shortened_words_are_spelled_out_as_this_patients_names_spell_them(table):
+    # for text retrieval, which does not read clippings itself
+    assert table.reading_words("last creat") == ["creatinine"]
+    assert table.reading_words("total out") == ["outpatient", "output"]
+    assert table.reading_words("find out heparin") == []
+    assert table.reading_words("heart rate") == []
