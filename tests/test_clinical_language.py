@@ -76,6 +76,10 @@ def test_an_abbreviation_typed_without_its_inner_punctuation_reads_as_the_listed
     # typed punctuation the list knows is kept: "d/c" is not the unrelated "DC"
     assert "dendritic cell" in vocabulary.meanings("dc")
     assert "dendritic cell" not in vocabulary.meanings("d/c")
+    # a dictionary read later (a source's own abbreviation column) is found without its punctuation too
+    assert vocabulary.meanings("qz") == ()
+    vocabulary.add_abbreviation("q/z", "quizzical zone")
+    assert vocabulary.meanings("qz") == ("quizzical zone",)
 
 
 def test_an_ambiguous_abbreviation_is_read_by_the_meaning_this_record_holds_whole(table):

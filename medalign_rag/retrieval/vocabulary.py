@@ -212,7 +212,6 @@ class Vocabulary:
     _phrase_keys: list[str] | None = field(default=None, repr=False)
     _packaged_phrases: frozenset[str] = field(default=frozenset(), repr=False)
     _bare_keys: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
-    _bare_size: int = field(default=-1, repr=False)
 
     def add_abbreviation(self, abbreviation: str, meaning: str) -> None:
         key, meaning = _norm(abbreviation), meaning.strip()
@@ -221,7 +220,7 @@ class Vocabulary:
         known = self.abbreviations.get(key, ())
         if meaning.lower() not in (m.lower() for m in known):
             self.abbreviations[key] = (*known, meaning)
-            self._phrase_keys = None
+            self._phrase_keys = self._bare_keys = None
 
     def add_source_term(self, term: SourceTerm) -> None:
         key = _norm(term.label)
@@ -254,13 +253,13 @@ class Vocabulary:
 
     def _bare_index(self) -> dict[str, tuple[str, ...]]:
         """Abbreviations written with inner punctuation ("d/c", "i&o", "s/p"), keyed without it."""
-        if self._bare_keys is None or self._bare_size != len(self.abbreviations):
+        if self._bare_keys is None:
             index: dict[str, tuple[str, ...]] = {}
             for key, meanings in self.abbreviations.items():
                 bare = _bare(key)
                 if bare != key and " " not in key and len(bare) >= 2:
                     index[bare] = tuple(dict.fromkeys((*index.get(bare, ()), *meanings)))
-            self._bare_keys, self._bare_size = index, len(self.abbreviations)
+            self._bare_keys = index
         return self._bare_keys
 
     def meanings_in(self, text: str, *, visits: bool = True, asking_words: frozenset[str] = frozenset()) -> list[str]:
