@@ -18,7 +18,7 @@ from medalign_rag.tokenization import default_counter
 
 START = D(2146, 3, 1, 8)
 NAMES = {
-    EventKind.measurement: ["Foley", "Void", "Heart Rate", "Creatinine", "Creatinine, Urine", "GCS - Verbal Response",
+    EventKind.measurement: ["Foley", "Void", "Chest Tube #1", "Chest Tube #2", "Heart Rate", "Creatinine", "Creatinine, Urine", "GCS - Verbal Response",
                             "Outpatient Visit Count"],
     EventKind.drug: ["Heparin", "Warfarin"],
     EventKind.visit: ["Hospital admission", "Hospital discharge", "ICU discharge"],
@@ -44,7 +44,7 @@ def index() -> PatientIndex:
 @pytest.fixture(scope="module")
 def table():
     vocabulary = build_vocabulary()
-    for label in ("Foley", "Void"):  # as MIMIC's d_items says: these labels live in the output table
+    for label in ("Foley", "Void", "Chest Tube #1", "Chest Tube #2"):  # as MIMIC's d_items says: these labels live in the output table
         vocabulary.add_source_term(SourceTerm(label, (), "Output", "output"))
     return build_concept_table(index(), vocabulary)
 
@@ -57,7 +57,7 @@ def matched(table, query: str) -> list[str]:
 def test_a_stopword_in_a_nouns_place_reads_as_the_patients_word_it_shortens(table):
     # both of this patient's words "out" shortens are readings, weighed alike (as any clipping's)
     assert table.noun_position_clippings("total out") == {"out": ("outpati", "output")}
-    assert {"Foley", "Void"} <= set(matched(table, "total out"))
+    assert {"Foley", "Void", "Chest Tube #1", "Chest Tube #2"} <= set(matched(table, "total out"))
     assert {"Foley", "Void"} <= set(matched(table, "total volume out"))
     assert "out" in table.noun_position_clippings("void out amount")  # after a word of this patient's names
     assert matched(table, "void out amount")[0] == "Void"
@@ -152,3 +152,10 @@ def test_shortened_words_are_spelled_out_as_this_patients_names_spell_them(table
     assert table.reading_words("total out") == ["outpatient", "output"]
     assert table.reading_words("find out heparin") == []
     assert table.reading_words("heart rate") == []
+
+
+def test_a_number_sign_keeps_its_number(table):
+    scores = {table.concepts[m.concept].name: m.score for m in table.match("chest tube #2")}
+    assert scores["Chest Tube #2"] > scores.get("Chest Tube #1", 0.0)  # without the number they would tie
+    assert matched(table, "total chest tube #1 out")[0] == "Chest Tube #1"
+    assert "out" in table.noun_position_clippings("total chest tube #1 out")

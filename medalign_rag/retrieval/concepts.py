@@ -53,9 +53,18 @@ def _stemmer():
     return Stemmer.Stemmer("english")
 
 
+# "Chest Tube #2": a number sign makes its number a word of the name ("no2"), which the tokenizer would otherwise
+# drop as a lone digit, leaving "#1" and "#2" alike
+_NUMBER_SIGN = re.compile(r"#\s*(\d+)\b")
+
+
+def _numbered(text: str) -> str:
+    return _NUMBER_SIGN.sub(r" no\1 ", text)
+
+
 def _tokenize(texts: list[str], *, return_ids: bool = True):
-    return bm25s.tokenize(texts, stopwords=STOPWORDS, stemmer=_stemmer(), show_progress=False,
-                          return_ids=return_ids)
+    return bm25s.tokenize([_numbered(t) for t in texts], stopwords=STOPWORDS, stemmer=_stemmer(),
+                          show_progress=False, return_ids=return_ids)
 
 
 # Concept names recur across patients ("Potassium", "Heart Rate"): their vectors are computed once per process.
@@ -182,7 +191,7 @@ class ConceptTable:
         write "total out", "foley out" for output. A stopword is in a noun's place right after a word of measure
         ("total", "volume") or a word of this patient's concept names ("foley", "void"); after anything else
         ("find out", "carried out") it is the function word it usually is. {} when there is none."""
-        words = _WORD.findall(query.lower())
+        words = _WORD.findall(_numbered(query.lower()))
         found: dict[str, tuple[str, ...]] = {}
         for previous, word in zip(words, words[1:]):
             if word not in _STOPWORD_SET or word in found:
