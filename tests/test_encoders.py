@@ -8,7 +8,7 @@ import pytest
 from medalign_rag.chunking import chunk_record
 from medalign_rag.errors import MedalignError
 from medalign_rag.index.embedding import Embedder, load_sentence_model
-from medalign_rag.index.encoders import EncoderSpec, load_encoder
+from medalign_rag.index.encoders import EncoderSpec, cpu_supports_bf16, load_encoder, resolve_encoder
 from medalign_rag.tokenization import default_counter
 from tests.factories import make_record
 
@@ -109,3 +109,29 @@ def test_light_model_files_tokenize_like_sentence_transformers():
                    {"add_special_tokens": True, "truncation": True, "max_length": light.max_seq_length}):
         assert dict(light.tokenizer(texts, **kwargs)) == dict(full.tokenizer(texts, **kwargs))
     assert light.tokenizer.pad_token_id == full.tokenizer.pad_token_id
+
+
+def test_auto_picks_bf16_only_where_the_cpu_has_bf16_units():
+    """openvino-bf16 passed both validations but is emulated (slower than fp32) on CPUs without bf16 units."""
+    if importlib.util.find_spec("openvino") is None:
+        assert resolve_encoder("auto", bf16_native=True) == resolve_encoder("auto", bf16_native=False) == "torch-fp32"
+    else:
+        assert resolve_encoder("auto", bf16_native=True) == "openvino-bf16"
+        assert resolve_encoder("auto", bf16_native=False) == "openvino-fp32"
+    assert resolve_encoder("auto") == resolve_encoder("auto", bf16_native=cpu_supports_bf16())
+    # a named encoder is never second-guessed
+    assert resolve_encoder("torch-bf16", bf16_native=False) == "torch-bf16"
+    assert resolve_encoder("openvino") == "openvino-fp32"
+
+
+@pytest.mark.slow
+def test_openvino_batches_rounded_to_16_tokens_give_the_unrounded_vectors(cohort_windows, monkeypatch):
+    pytest.importorskip("openvino")
+    encoder = load_encoder("all-MiniLM-L6-v2", "openvino", "fp32")
+    assert encoder.width_multiple == 16
+    texts = cohort_windows[:48]
+    assert any(n % 16 for n in encoder.token_lengths(texts))  # some batches really get extra padding
+    rounded = encoder.encode(texts, batch_size=8)
+    monkeypatch.setattr(encoder, "width_multiple", 1)
+    exact = encoder.encode(texts, batch_size=8)
+    assert np.abs(rounded - exact).max() < 1e-5
