@@ -67,13 +67,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--variants", default=",".join(f"{b}-{d}" for b, d in VARIANTS),
+                        help="encoders to time, comma-separated (default: all)")
+    parser.add_argument("--unrounded", action="store_true",
+                        help="also time openvino-bf16 with batches padded to their longest text only (not to 16)")
+    parser.add_argument("--int8-graph", type=Path, default=None,
+                        help="also time this OpenVINO IR (an NNCF int8 quantization of the model), bf16 elsewhere")
     args = parser.parse_args()
 
     import torch
 
     from medalign_rag.datasets.synthetic import generate_cohort
-    from medalign_rag.index.embedding import load_sentence_model
-    from medalign_rag.index.encoders import cpu_supports_bf16, load_encoder
+    from medalign_rag.index.embedding import load_model_for, load_sentence_model, resolve_model_path
+    from medalign_rag.index.encoders import EncoderSpec, OpenVinoEncoder, cpu_supports_bf16, load_encoder
 
     info = machine_info(" ".join(["python", "benchmarks/encoder_bench.py", *sys.argv[1:]]))
     work = args.out or Path(tempfile.mkdtemp(prefix="encoder-bench-"))
@@ -82,8 +88,18 @@ def main() -> None:
         generate_cohort(cohort, args.patients, args.seed)
     per_patient = cohort_windows(cohort)
     model = load_sentence_model("all-MiniLM-L6-v2")
-    encoders = {f"{b}-{d}": load_encoder("all-MiniLM-L6-v2", b, d) for b, d in VARIANTS}
-    lengths_of = encoders["torch-fp32"].token_lengths
+    chosen = [EncoderSpec.parse(label) for label in args.variants.split(",")]
+    encoders = {spec.label: load_encoder("all-MiniLM-L6-v2", spec.backend, spec.dtype) for spec in chosen}
+    if args.unrounded:
+        unrounded = OpenVinoEncoder(load_model_for("all-MiniLM-L6-v2", "openvino"), EncoderSpec("openvino", "bf16"),
+                                    Path(resolve_model_path("all-MiniLM-L6-v2")))
+        unrounded.width_multiple = 1
+        encoders["openvino-bf16 (widths not rounded to 16)"] = unrounded
+    if args.int8_graph:
+        encoders[f"openvino-int8 ({args.int8_graph.parent.name}) + bf16"] = OpenVinoEncoder(
+            load_model_for("all-MiniLM-L6-v2", "openvino"), EncoderSpec("openvino", "bf16"),
+            Path(resolve_model_path("all-MiniLM-L6-v2")), graph_path=args.int8_graph)
+    lengths_of = next(iter(encoders.values())).token_lengths
 
     all_lengths = {pid: lengths_of(texts) for pid, texts in per_patient.items()}
     real = sum(sum(v) for v in all_lengths.values())
@@ -120,12 +136,14 @@ def main() -> None:
 
     reference = baseline()
     seconds: dict[str, list[float]] = {name: [] for name in runners}
+    loads: dict[str, list[float]] = {name: [] for name in runners}
     cosines: dict[str, np.ndarray] = {}
     names = list(runners)
     for round_number in range(args.rounds):
         order = names if round_number % 2 == 0 else names[::-1]
         for name in order:
             load = os.getloadavg()[0]
+            loads[name].append(load)
             started = time.perf_counter()
             vectors = runners[name]()
             seconds[name].append(time.perf_counter() - started)
@@ -139,7 +157,7 @@ def main() -> None:
         mean = float(np.mean(seconds[name]))
         cos = cosines[name]
         rows.append({"variant": name, "seconds": mean, "rounds": seconds[name], "tokens_per_s": sample_tokens / mean,
-                     "speedup": base / mean, "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
+                     "speedup": base / mean, "loads": loads[name], "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
                      "valid": bool(cos.min() >= VALIDATION_COSINE)})
     result = {"info": info, "rows": rows, "windows": total, "real_tokens": real,
               "per_patient_padded": per_patient_padded, "stream_padded": stream_padded,
@@ -170,11 +188,12 @@ def render(result: dict, args: argparse.Namespace) -> str:
              f"{result['torch_threads']}, CPU bf16 units (AVX512-BF16/AMX): {'yes' if result['bf16_native'] else 'no'}. "
              f"Seconds are the mean of {args.rounds} rounds in alternating order. Cosine: each window's vector against"
              f" today's (sentence-transformers fp32, per patient); valid = every window >= {VALIDATION_COSINE}.", "",
-             "| variant | seconds | encoder tokens/s | speed-up | cosine min | cosine mean | valid |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| variant | seconds | encoder tokens/s | speed-up | cosine min | cosine mean | valid | 1-min load before each round |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['variant']} | {row['seconds']:.2f} | {row['tokens_per_s']:,.0f} | {row['speedup']:.2f}x |"
-                     f" {row['cos_min']:.5f} | {row['cos_mean']:.5f} | {'yes' if row['valid'] else 'NO'} |")
+                     f" {row['cos_min']:.5f} | {row['cos_mean']:.5f} | {'yes' if row['valid'] else 'NO'} |"
+                     f" {', '.join(f'{x:.2f}' for x in row['loads'])} |")
     return "\n".join(lines) + "\n"
 
 

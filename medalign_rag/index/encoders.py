@@ -293,14 +293,15 @@ class OpenVinoEncoder(WindowEncoder):
     # (benchmarks/RESULTS.md, 'Encoder').
     width_multiple = 16
 
-    def __init__(self, sentence_model, spec: EncoderSpec, model_dir: Path) -> None:
+    def __init__(self, sentence_model, spec: EncoderSpec, model_dir: Path, graph_path: Path | None = None) -> None:
+        """`graph_path`: another graph of the same model (the benchmark's quantized candidates); default the export."""
         super().__init__(sentence_model, spec)
         try:
             import openvino as ov
         except ImportError as exc:
             raise MedalignError("the openvino encoder backend needs openvino: pip install 'medalign-rag[fast]'") from exc
         core = ov.Core()
-        graph = core.read_model(str(onnx_model_path(sentence_model, model_dir)))
+        graph = core.read_model(str(graph_path or onnx_model_path(sentence_model, model_dir)))
         self.compiled = core.compile_model(graph, "CPU", {
             "INFERENCE_PRECISION_HINT": "bf16" if spec.dtype == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": _threads(),
