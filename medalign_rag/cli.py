@@ -299,7 +299,7 @@ def index(
     address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (auto, ray://host:10001)."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", min=1, help="ray: encoder actors (default: one per CPU)."),
     num_gpus_per_worker: float = typer.Option(0.0, "--num-gpus-per-worker", min=0.0, help="ray: GPUs per actor."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="torch-fp32, torch-bf16, onnx-fp32, openvino-fp32, openvino-bf16."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="auto (default: openvino-bf16 on CPUs with bf16 units, else openvino-fp32, else torch-fp32), torch-fp32, torch-bf16, onnx-fp32, openvino-fp32, openvino-bf16."),
 ) -> None:
     """Build one FAISS index per patient; unchanged patients are skipped."""
     from pydantic import ValidationError
