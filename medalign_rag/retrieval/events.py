@@ -63,6 +63,11 @@ OUTSIDE_PERIOD = False  # strong concepts' values outside the period follow the 
 KIND_FALLBACK = 0.5  # a kind-level question ("any drug") names no concept: none covers half of its other words
 DETAIL_TEXT = 160  # events with at most this much free text (a drug's route and frequency) are searched for details
 DETAIL_SHARE = 0.5  # a detail word found in more than this share of the candidates does not tell them apart
+# Breadth first across matched concepts (_by_round) rather than one time order over all of them.
+BREADTH_FIRST = True
+# Every concept holding all of the question's words is matched, past MAX_CONCEPTS: "any lab test" names a class
+# (the source dictionary's category in each lab's search text), and all of its members are what was asked.
+CLASS_MATCHES = True
 _DETAIL_TOKEN = re.compile(r"[a-z0-9][a-z0-9/.+-]*")
 
 
@@ -76,7 +81,8 @@ class EventsRetriever(PatientRetriever):
                  time_anchor: datetime | None = None, vocabulary: Vocabulary | None = None,
                  max_concepts: int = MAX_CONCEPTS, strong_match: float = STRONG_MATCH,
                  kind_fallback: float = KIND_FALLBACK, dense_concepts: bool = True,
-                 max_ranked_tokens: int = MAX_RANKED_TOKENS, outside_period: bool = OUTSIDE_PERIOD) -> None:
+                 max_ranked_tokens: int = MAX_RANKED_TOKENS, outside_period: bool = OUTSIDE_PERIOD,
+                 breadth_first: bool = BREADTH_FIRST, class_matches: bool = CLASS_MATCHES) -> None:
         super().__init__(index, top_k=top_k, time_anchor=time_anchor)
         self.embedder = embedder
         self.vocabulary = vocabulary if vocabulary is not None else vocabulary_for()
@@ -87,6 +93,8 @@ class EventsRetriever(PatientRetriever):
         self.max_ranked_tokens = max_ranked_tokens
         self.dense_concepts = dense_concepts
         self.outside_period = outside_period
+        self.breadth_first = breadth_first
+        self.class_matches = class_matches
         self.last_cues: TemporalCues | None = None
         self.last_matches: list[ConceptMatch] = []
 
@@ -141,12 +149,14 @@ class EventsRetriever(PatientRetriever):
             (strong if match.score >= self.strong_match else weak).extend(int(e) for e in events)
         newest_first = cues.direction != "first"
         detail = self._detail_events(cues, table, strong + weak)
+        # "any / how many / which X since T" (no direction) is answered by breadth; "the last X" by time order
+        order_events = _by_round if self.breadth_first and cues.direction is None else _by_time
         head: list[int] = []
         for events in (strong, weak):
             if detail is not None:
-                head += _by_time(table, [e for e in events if e in detail], newest_first)
+                head += order_events(table, [e for e in events if e in detail], newest_first)
                 events = [e for e in events if e not in detail]
-            head += _by_time(table, events, newest_first)
+            head += order_events(table, events, newest_first)
         # A strong concept's values outside the question's period come next, before the events of text retrieval:
         # a period read too narrowly, or a visit resolved to another stay, still leaves the asked concept's values
         # within reach, and they are closer to the question than unrelated events of retrieved chunks.
@@ -201,7 +211,16 @@ class EventsRetriever(PatientRetriever):
                                    expansions=[strip_kind_words(e) for e in expansions])
             if not specific or specific[0].coverage < self.kind_fallback:
                 return [ConceptMatch(n, 1.0, 1.0, 0.0) for n, c in enumerate(table.concepts) if c.kind in kinds]
-        return table.match(cues.content_query, expansions=expansions, embedder=embedder, limit=self.max_concepts)
+        matches = table.match(cues.content_query, expansions=expansions, embedder=embedder,
+                              limit=None if self.class_matches else self.max_concepts)
+        if not self.class_matches:
+            return matches
+        # Past the best few, only concepts holding as many of the question's words as the best-covered match: when
+        # more than the best few hold them, the question names a class ("lab test" -> every lab of the source
+        # dictionary's lab categories) and every member is what was asked.
+        best, rest = matches[: self.max_concepts], matches[self.max_concepts:]
+        covered = max((m.coverage for m in best), default=0.0)
+        return best + [m for m in rest if covered > 0 and m.coverage >= covered]
 
     def _detail_words(self, cues: TemporalCues, table: ConceptTable) -> set[str]:
         """Words of the question found in events' short free text and in none of this patient's concept names."""
@@ -256,6 +275,26 @@ class _CueTemporal(TemporalRetriever):
         if self.parsed is not None and self.parsed[0] == query:
             return self.parsed[1]  # dateparser's search is the slowest step of ranking: parse once per question
         return parse_cues(query, self.time_anchor)
+
+
+def _by_round(table: ConceptTable, flat_events: list[int], newest_first: bool) -> list[int]:
+    """Breadth first across concepts: every concept's first value in the question's direction (newest first, or
+    oldest for "first"), then every concept's second, and so on; each round in time order. A concept with hundreds
+    of values (an infusion charted every hour) cannot take the budget before every other concept has shown one."""
+    if not flat_events:
+        return []
+    events = np.unique(np.asarray(flat_events, dtype=np.int64))
+    stamps = table.event_time[events].astype(np.int64)
+    if newest_first:
+        stamps = -stamps
+    concepts = table.event_concept[events]
+    by_concept = np.lexsort((stamps, concepts))  # each concept's values in the question's direction
+    sorted_concepts = concepts[by_concept]
+    starts = np.flatnonzero(np.r_[True, sorted_concepts[1:] != sorted_concepts[:-1]])
+    depth = np.arange(len(events)) - np.repeat(starts, np.diff(np.r_[starts, len(events)]))
+    rounds = np.empty(len(events), dtype=np.int64)
+    rounds[by_concept] = depth
+    return [int(e) for e in events[np.lexsort((stamps, rounds))]]
 
 
 def _by_time(table: ConceptTable, flat_events: list[int], newest_first: bool) -> list[int]:
