@@ -599,6 +599,10 @@ FLOWSHEET_MIN_VALUES = 3
 # Tables: at least this many other events of one type (drugs, procedures ...) under one encounter are written as plain
 # rows ("time name value unit detail") under one table header instead of XML events. Tuned likewise; 0 turns it off.
 TABLE_MIN_ROWS = 2
+# Table rows of one time hold every event of that time ("13:30 Sodium 139 mEq/L | Potassium 4.1 mEq/L | ..."): a lab
+# panel or a round of orders pays its time, indentation and newline once instead of once per event.
+TABLE_ROWS_BY_TIME = True
+TABLE_CELL_SEPARATOR = " | "
 FLOWSHEET_MAX_TEXT = 160  # events with longer free text (notes, long comments) always keep their own XML line
 _FLOWSHEET_INDENT = "    "
 
@@ -692,14 +696,18 @@ def _flowsheet_item(event: Event, with_date: bool) -> str:
     return escape(f"{stamp} {body}".rstrip(), {"\r": "&#13;"})
 
 
-def _table_row(event: Event, with_date: bool) -> str:
-    """One event as a row of its type's table: time, name (or code), value, unit and text, no markup."""
+def _table_cell(event: Event) -> str:
+    """An event in its type's table without its time: name (or code), value, unit and text, no markup."""
     fields = [event.name or event.code or "", event.value or "", event.unit or ""]
     if event.text:
         fields.append(_shorter_times(event.text, event.timestamp.strftime("%Y-%m-%d")))
+    return escape(" ".join(f for f in fields if f), {"\r": "&#13;"})
+
+
+def _table_row(event: Event, with_date: bool) -> str:
+    """One event as a row of its type's table: its time, then its cell."""
     stamp = (event.timestamp.strftime("%Y-%m-%d ") if with_date else "") + _flowsheet_time(event.timestamp)
-    row = " ".join(f for f in fields if f)
-    return escape(f"{stamp} {row}".rstrip(), {"\r": "&#13;"})
+    return f"{stamp} {_table_cell(event)}".rstrip()
 
 
 def _flowsheet_open(key: tuple[str, str | None, str | None, str | None]) -> str:
@@ -710,7 +718,8 @@ def _flowsheet_open(key: tuple[str, str | None, str | None, str | None]) -> str:
 
 
 def _table_open(kind: str) -> str:
-    return f"{_FLOWSHEET_INDENT}<table type={quoteattr(kind)} columns=\"time name value unit detail\">"
+    columns = "time name value unit detail" + (" | name value unit detail ..." if TABLE_ROWS_BY_TIME else "")
+    return f"{_FLOWSHEET_INDENT}<table type={quoteattr(kind)} columns={quoteattr(columns)}>"
 
 
 _TABLE_CLOSE = f"{_FLOWSHEET_INDENT}</table>"
@@ -732,6 +741,8 @@ class FlowsheetCosts:
     table_cost: list[int]  # per type: the table's opening and closing lines
     item_text: list[list[str]]  # the flowsheet item without its date, rendered once
     row_text: list[list[str]]  # the table row without its date and indentation, rendered once
+    cell_cost: list[list[int]]  # the event inside a row of its time, with the separator before it
+    cell_text: list[list[str]]  # the event inside a row of its time, rendered once
     fact_of: list[list[int]]  # same number: same time, name, code, value, unit and text (written once)
 
 
@@ -751,6 +762,7 @@ def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCos
     fact_of: list[list[int]] = []
     items: list[str] = []
     rows: list[str] = []
+    cells: list[str] = []
     for chunk in index.chunks:
         keys_row, types_row, facts_row = [], [], []
         for event in chunk.events:
@@ -760,14 +772,18 @@ def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCos
             facts_row.append(fact_number.setdefault(_fact(event), len(fact_number)))
             items.append(_flowsheet_item(event, with_date=False))
             rows.append(_table_row(event, with_date=False))
+            cells.append(_table_cell(event))
         key_of.append(keys_row)
         type_of.append(types_row)
         fact_of.append(facts_row)
     flat_items = [c + 1 for c in count_many(counter, items)]  # +1: the "; " between items
     flat_rows = [c + 1 for c in count_many(counter, [_ROW_INDENT + row for row in rows])]  # +1: the newline
-    item_cost, row_cost, item_text, row_text, at = [], [], [], [], 0
+    flat_cells = count_many(counter, [TABLE_CELL_SEPARATOR + cell for cell in cells])
+    item_cost, row_cost, item_text, row_text, cell_cost, cell_text, at = [], [], [], [], [], [], 0
     for chunk in index.chunks:
         end = at + len(chunk.events)
+        cell_cost.append(flat_cells[at:end])
+        cell_text.append(cells[at:end])
         item_cost.append(flat_items[at:end])
         row_cost.append(flat_rows[at:end])
         item_text.append(items[at:end])
@@ -779,7 +795,7 @@ def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCos
     costs = FlowsheetCosts(key_of=key_of, keys=keys, item_cost=item_cost, line_cost=line_cost,
                            date_cost=counter.count("2000-01-01 "), type_of=type_of, types=types,
                            row_cost=row_cost, table_cost=table_cost, item_text=item_text, row_text=row_text,
-                           fact_of=fact_of)
+                           cell_cost=cell_cost, cell_text=cell_text, fact_of=fact_of)
     per_index[counter.name] = costs
     return costs
 
@@ -812,7 +828,9 @@ def _layout(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCosts, order
             available: float, min_values: int, min_rows: int, time_anchor: datetime | None) -> _Layout:
     """Flowsheet pairs: at least `min_values` values of one concept under one encounter among the ranked events
     that could reach the context (the head of the ranking that fits `available` at the compact prices); table
-    pairs: at least `min_rows` other events of one type under one encounter in that head."""
+    pairs: at least `min_rows` other events of one type under one encounter in that head. With rows by time, a
+    concept keeps a flowsheet line only where the line costs less than its values would as cells of the rows of
+    their times (one value a day of each of twenty labs drawn together: the rows; hourly vitals: the line)."""
     head: list[tuple[str, int, int]] = []
     concept_counts: dict[tuple[str, int], int] = {}
     spent = 0.0
@@ -827,10 +845,13 @@ def _layout(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCosts, order
             pair = (chunk.encounter_id, key)
             concept_counts[pair] = concept_counts.get(pair, 0) + 1
             head.append((chunk.encounter_id, position, i))
-            spent += sheet.item_cost[position][i]
+            price = sheet.item_cost[position][i]
+            spent += min(price, sheet.cell_cost[position][i]) if TABLE_ROWS_BY_TIME else price
         if spent > available:
             break
     sheets = {pair for pair, n in concept_counts.items() if n >= min_values} if min_values else set()
+    if sheets and TABLE_ROWS_BY_TIME and min_rows:
+        sheets = _cheaper_as_lines(index, sheet, head, sheets)
     type_counts: dict[tuple[str, int], int] = {}
     for encounter_id, position, i in head:
         if (encounter_id, sheet.key_of[position][i]) not in sheets:
@@ -838,6 +859,38 @@ def _layout(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCosts, order
             type_counts[pair] = type_counts.get(pair, 0) + 1
     tables = {pair for pair, n in type_counts.items() if n >= min_rows} if min_rows else set()
     return _Layout(sheet if sheets or tables else None, sheets, tables)
+
+
+def _cheaper_as_lines(index: PatientIndex, sheet: FlowsheetCosts, head: list[tuple[str, int, int]],
+                      candidates: set) -> set:
+    """The candidate (encounter, concept) pairs whose flowsheet line costs less than their values as cells of
+    their type's rows by time, the other concepts' values of those times and days being in the rows."""
+    keys_at: dict[tuple, set[int]] = {}  # (encounter, type, time) -> concept keys with a value then
+    keys_on: dict[tuple, set[int]] = {}  # (encounter, type, day) -> likewise
+    for encounter_id, position, i in head:
+        stamp = index.chunks[position].events[i].timestamp
+        kind, key = sheet.type_of[position][i], sheet.key_of[position][i]
+        keys_at.setdefault((encounter_id, kind, stamp), set()).add(key)
+        keys_on.setdefault((encounter_id, kind, stamp.date()), set()).add(key)
+    line: dict[tuple, float] = {}
+    rows: dict[tuple, float] = {}
+    days: dict[tuple, set] = {}
+    for encounter_id, position, i in head:
+        key = sheet.key_of[position][i]
+        pair = (encounter_id, key)
+        if pair not in candidates:
+            continue
+        stamp = index.chunks[position].events[i].timestamp
+        kind = sheet.type_of[position][i]
+        line[pair] = line.get(pair, sheet.line_cost[key]) + sheet.item_cost[position][i]
+        shared = len(keys_at[(encounter_id, kind, stamp)]) > 1
+        rows[pair] = rows.get(pair, 0.0) + (sheet.cell_cost if shared else sheet.row_cost)[position][i]
+        if stamp.date() not in days.setdefault(pair, set()):
+            days[pair].add(stamp.date())
+            line[pair] += sheet.date_cost
+            if len(keys_on[(encounter_id, kind, stamp.date())]) == 1:
+                rows[pair] += sheet.date_cost
+    return {pair for pair in candidates if line[pair] <= rows[pair]}
 
 
 def _fact(event: Event) -> tuple:
@@ -865,6 +918,32 @@ def _once_each(values: list[tuple[Event, int, str]]) -> list[str]:
             last_day = day
         items.append(text if counts[fact] == 1 else f"{text} (x{counts[fact]})")
     return items
+
+
+def _rows_by_time(values: list[tuple[Event, int, str, str]]) -> list[str]:
+    """(event, fact number, row without date, cell) in time order -> table rows, one per time: the first distinct
+    fact of a time as its row, the others appended as cells ("13:30 Sodium 139 mEq/L | Potassium 4.1 mEq/L"), a
+    repeated fact once with its count; the date written where it changes."""
+    counts: dict[int, int] = {}
+    first: dict[int, tuple[Event, str, str]] = {}
+    for event, fact, row, cell in values:
+        counts[fact] = counts.get(fact, 0) + 1
+        if fact not in first:
+            first[fact] = (event, row, cell)
+    rows: list[str] = []
+    last_day, last_stamp = None, None
+    for fact, (event, row, cell) in first.items():
+        repeat = "" if counts[fact] == 1 else f" (x{counts[fact]})"
+        if event.timestamp == last_stamp:
+            rows[-1] += TABLE_CELL_SEPARATOR + cell + repeat
+            continue
+        last_stamp = event.timestamp
+        day = event.timestamp.date()
+        if day != last_day:
+            row = event.timestamp.strftime("%Y-%m-%d ") + row
+            last_day = day
+        rows.append(row + repeat)
+    return rows
 
 
 class _LineCounts:
@@ -918,7 +997,7 @@ def _render_event_lines(index: PatientIndex, items: list[tuple[int, int, int]], 
         lines.append(EVENTS_OPEN)
         rest: list[tuple[int, int, int]] = []
         sheets: dict[int, list[tuple[Event, int, str]]] = {}
-        tables: dict[int, list[tuple[Event, int, str]]] = {}
+        tables: dict[int, list[tuple]] = {}
         sheet = layout.sheet
         for item in group:
             _, position, i = item
@@ -928,14 +1007,16 @@ def _render_event_lines(index: PatientIndex, items: list[tuple[int, int, int]], 
                     (index.chunks[position].events[i], sheet.fact_of[position][i], sheet.item_text[position][i]))
             elif place == "table":
                 tables.setdefault(number, []).append(
-                    (index.chunks[position].events[i], sheet.fact_of[position][i], sheet.row_text[position][i]))
+                    (index.chunks[position].events[i], sheet.fact_of[position][i], sheet.row_text[position][i],
+                     sheet.cell_text[position][i]))
             else:
                 rest.append(item)
         for key, values in sheets.items():
             lines.append(_flowsheet_open(sheet.keys[key]) + "; ".join(_once_each(values)) + "</flowsheet>")
         for kind, values in tables.items():
             lines.append(_table_open(sheet.types[kind]))
-            lines.extend(_ROW_INDENT + row for row in _once_each(values))
+            rows = _rows_by_time(values) if TABLE_ROWS_BY_TIME else _once_each([v[:3] for v in values])
+            lines.extend(_ROW_INDENT + row for row in rows)
             lines.append(_TABLE_CLOSE)
         _append_entries(index, cache, rest, lines)
         lines.append(EVENTS_CLOSE)
@@ -971,6 +1052,7 @@ def _pack_events(
     sheet = layout.sheet
     compact_days: dict[tuple[str, str, int], set] = {}
     compact_facts: set[tuple] = set()
+    compact_times: set[tuple] = set()  # (table, time) pairs with a row
     selected: dict[int, set[int]] = {}
     notes: list[tuple[frozenset[int], int, int]] = []  # shingles, chunk position, event position
     also_cited: dict[str, list[str]] = {}
@@ -1017,6 +1099,8 @@ def _pack_events(
             days = compact_days.get(compact)
             if place == "sheet":
                 step = sheet.item_cost[position][i] + (sheet.line_cost[number] if days is None else 0)
+            elif TABLE_ROWS_BY_TIME and (compact, event.timestamp) in compact_times:
+                step = sheet.cell_cost[position][i]
             else:
                 step = sheet.row_cost[position][i] + (sheet.table_cost[number] if days is None else 0)
             if days is None or event.timestamp.date() not in days:
@@ -1038,6 +1122,8 @@ def _pack_events(
         if place != "xml":
             compact_days.setdefault(compact, set()).add(event.timestamp.date())
             compact_facts.add((compact, sheet.fact_of[position][i]))
+            if place == "table":
+                compact_times.add((compact, event.timestamp))
         else:
             entries.add((chunk.encounter_id, event.timestamp))
         used += step

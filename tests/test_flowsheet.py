@@ -49,7 +49,8 @@ def shown_values(text: str) -> int:
     root = ET.fromstring(text)  # well-formed XML, flowsheets and tables included
     events = len(root.findall(".//event"))
     items = [item for sheet in root.findall(".//flowsheet") for item in sheet.text.split("; ")]
-    items += [row for table in root.findall(".//table") for row in table.text.split("\n") if row.strip()]
+    rows = [row for table in root.findall(".//table") for row in table.text.split("\n") if row.strip()]
+    items += [cell for row in rows for cell in row.split(" | ")]  # a row holds every event of its time
     repeats = [re.search(r" \(x(\d+)\)$", item) for item in items]  # one item stands for n identical facts
     return events + sum(int(r.group(1)) if r else 1 for r in repeats)
 
