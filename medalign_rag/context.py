@@ -673,15 +673,23 @@ def _flowsheet_time(stamp: datetime) -> str:
     return stamp.strftime("%H:%M:%S" if stamp.second or stamp.microsecond else "%H:%M")
 
 
+SHORT_YEARS = True  # a date inside a value's text in the value's own year is written without it
 _TIMESTAMP_IN_TEXT = re.compile(r"\b(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2})(:\d{2}(?:\.\d+)?)?\b")
 
 
 def _shorter_times(text: str, day: str) -> str:
-    """Times inside a value's text ("until 2137-06-21 10:00:00") without the item's own date or zero seconds."""
+    """Times inside a value's text ("until 2137-06-21 10:00:00") without the item's own date or zero seconds, and
+    without the item's own year ("until 06-21 10:00" in an item of 2137-06-19)."""
     def shorten(match: re.Match) -> str:
         seconds = match.group(3) or ""
         seconds = "" if seconds in ("", ":00") else seconds
-        date = "" if match.group(1) == day else match.group(1) + " "
+        date = match.group(1)
+        if date == day:
+            date = ""
+        elif SHORT_YEARS and date[:5] == day[:5]:
+            date = date[5:] + " "
+        else:
+            date += " "
         return f"{date}{match.group(2)}{seconds}"
 
     return _TIMESTAMP_IN_TEXT.sub(shorten, text)
