@@ -801,7 +801,7 @@ def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCos
     line_cost = [c + 2 for c in count_many(counter, [_flowsheet_open(k) + "</flowsheet>" for k in keys])]
     table_cost = [c + 2 for c in count_many(counter, [_table_open(t) + "\n" + _TABLE_CLOSE for t in types])]
     costs = FlowsheetCosts(key_of=key_of, keys=keys, item_cost=item_cost, line_cost=line_cost,
-                           date_cost=counter.count("2000-01-01 "), type_of=type_of, types=types,
+                           date_cost=counter.count("01-01 " if SHORT_YEARS else "2000-01-01 "), type_of=type_of, types=types,
                            row_cost=row_cost, table_cost=table_cost, item_text=item_text, row_text=row_text,
                            cell_cost=cell_cost, cell_text=cell_text, fact_of=fact_of)
     per_index[counter.name] = costs
@@ -909,6 +909,14 @@ def _fact(event: Event) -> tuple:
 REPEAT_COST = 3  # tokens of the " (x2)" that stands for a repeated fact
 
 
+def _day_label(day, previous) -> str:
+    """The date written before the first time of a day on a line or in a table: in full for the first day, then
+    without the year while it stays the same ("2146-07-06 08:00 ...; 07-07 09:00 ...")."""
+    if SHORT_YEARS and previous is not None and previous.year == day.year:
+        return day.strftime("%m-%d ")
+    return day.strftime("%Y-%m-%d ")
+
+
 def _once_each(values: list[tuple[Event, int, str]]) -> list[str]:
     """(event, fact number, text without date) in time order -> one item per distinct fact ("08:00 15 SC; HS
     (x4)"), the date written where it changes."""
@@ -922,7 +930,7 @@ def _once_each(values: list[tuple[Event, int, str]]) -> list[str]:
     for fact, (event, text) in first.items():
         day = event.timestamp.date()
         if day != last_day:
-            text = event.timestamp.strftime("%Y-%m-%d ") + text
+            text = _day_label(day, last_day) + text
             last_day = day
         items.append(text if counts[fact] == 1 else f"{text} (x{counts[fact]})")
     return items
@@ -948,7 +956,7 @@ def _rows_by_time(values: list[tuple[Event, int, str, str]]) -> list[str]:
         last_stamp = event.timestamp
         day = event.timestamp.date()
         if day != last_day:
-            row = event.timestamp.strftime("%Y-%m-%d ") + row
+            row = _day_label(day, last_day) + row
             last_day = day
         rows.append(row + repeat)
     return rows
