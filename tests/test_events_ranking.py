@@ -1,4 +1,5 @@
-"""`events` ranking: detail words (a drug's route) order the candidates and are not read as concept names."""
+"""`events` ranking: detail words (a drug's route) order the candidates and are not read as concept names; breadth first
+across concepts for questions without a direction; a question naming a class matches all of its members."""
 
 from datetime import datetime as D, timedelta
 
@@ -58,3 +59,64 @@ def test_a_route_word_orders_the_drugs_given_that_way_first(built):
     order = retriever.rank_events("What was the last drug given daily?")
     assert first_ids(index, order, 1) == ["rx1-11"]
 
+
+
+CULTURES = ["Blood", "Urine", "Sputum", "Wound", "Stool", "Pleural Fluid", "Joint Fluid", "Bile", "Catheter Tip",
+            "Throat", "Nasal Swab", "Tissue", "Abscess", "Bronchial Washings", "Peritoneal Fluid", "Eye"]
+
+
+def breadth_record() -> PatientRecord:
+    """One stay: a saline infusion charted every 30 minutes for two days, fifteen drugs ordered once each, and
+    sixteen kinds of culture (more than the few best concept matches a question keeps)."""
+    start = D(2150, 3, 1, 8)
+    events = [Event(event_id="adm", timestamp=start, kind=EventKind.visit, name="Hospital admission")]
+    for n in range(96):
+        events.append(Event(event_id=f"ns-{n}", timestamp=start + timedelta(minutes=30 * n + 5),
+                            kind=EventKind.drug, name="NaCl 0.9%", value="50", unit="ml"))
+    for n, drug in enumerate(DRUGS + ["Lorazepam", "Ondansetron", "Pantoprazole"]):
+        events.append(Event(event_id=f"rx-{n}", timestamp=start + timedelta(hours=2 * n + 1), kind=EventKind.drug,
+                            name=drug, value="1", unit="dose", text="PO; DAILY"))
+    for n, specimen in enumerate(CULTURES):
+        events.append(Event(event_id=f"cx-{n}", timestamp=start + timedelta(hours=n + 2), kind=EventKind.measurement,
+                            name=f"{specimen} Culture", value="NO GROWTH"))
+    events.sort(key=lambda ev: ev.timestamp)
+    return PatientRecord(patient_id="br-1", encounters=[Encounter(
+        encounter_id="stay", type="inpatient", start=start, end=start + timedelta(days=2), events=events)])
+
+
+@pytest.fixture(scope="module")
+def breadth(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("events_breadth")
+    write_release_xml(breadth_record(), folder / "ehrs" / "br-1.xml")
+    builder = IndexBuilder(IndexSettings(index_dir=folder / "indexes"))
+    builder.build(open_data_folder(folder))
+    return load_index(builder.settings.index_dir, "br-1"), builder.embedder
+
+
+def test_a_question_without_direction_shows_every_drug_before_a_second_value_of_one(breadth):
+    index, embedder = breadth
+    retriever = EventsRetriever(index, embedder, vocabulary=build_vocabulary())
+    order = retriever.rank_events("How many distinct drugs were prescribed?")
+    first = first_ids(index, order, 16)
+    # one value of each of the sixteen drugs first (the infusion's newest), not the infusion's last sixteen
+    assert sum(e.startswith("rx-") for e in first) == 15 and sum(e.startswith("ns-") for e in first) == 1
+    assert "ns-95" in first
+    # "the last drug" keeps one time order across drugs: the infusion's last values lead
+    order = retriever.rank_events("What was the last drug given?")
+    assert first_ids(index, order, 3) == ["ns-95", "ns-94", "ns-93"]
+    plain = EventsRetriever(index, embedder, vocabulary=build_vocabulary(), breadth_first=False)
+    order = plain.rank_events("How many distinct drugs were prescribed?")
+    assert sum(e.startswith("rx-") for e in first_ids(index, order, 16)) < 15
+
+
+def test_a_question_naming_a_class_matches_every_member(breadth):
+    index, embedder = breadth
+    question = "Did the patient have any culture results?"
+    retriever = EventsRetriever(index, embedder, vocabulary=build_vocabulary())
+    retriever.rank_events(question)
+    names = {retriever.table.concepts[m.concept].name for m in retriever.last_matches}
+    assert {f"{s} Culture" for s in CULTURES} <= names and len(CULTURES) > retriever.max_concepts
+    # the best few alone leave members out
+    few = EventsRetriever(index, embedder, vocabulary=build_vocabulary(), class_matches=False)
+    few.rank_events(question)
+    assert len({few.table.concepts[m.concept].name for m in few.last_matches}) <= few.max_concepts

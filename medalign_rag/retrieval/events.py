@@ -7,8 +7,12 @@ on whole 256-token encounter chunks, most of whose events are not what was asked
    "since 8/11/46"), dates found by dateparser, visit ordinals and direction words.
 2. **Concept candidates** (concepts.py): the question, its abbreviations expanded (vocabulary.py), is matched to
    this patient's own concept names; the events of matched concepts inside the question's period (or visit) come
-   first, best concept first, in the question's direction (newest first for "latest", oldest for "first", newest
-   first otherwise), interleaved across concepts so that each matched concept shows its leading values early.
+   first, in the question's direction (newest first for "latest", oldest for "first", newest first otherwise):
+   one time order across concepts for "the latest / first X", breadth first across concepts (each concept's
+   first value, then each one's second ...) for a question without a direction ("any / how many distinct X
+   since T"), so that a concept charted every hour cannot take the budget before the others show a value.
+   A question naming a class ("any lab test") matches every concept as well covered as the best match, past the
+   usual few.
    A strong concept's values outside the period follow, before text retrieval's events.
    Words of the question that occur only in events' short free text, never in a concept name ("via the pr
    route" -> "PR; QHS"), are details, not concepts: candidates holding them come first, and they are not matched
