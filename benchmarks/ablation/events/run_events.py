@@ -214,7 +214,7 @@ def main() -> None:
     stages = [
         (pipeline, test, "test", "written", {"events": [512, 1024, 2048, 8192], "temporal": [2048, 8192],
                                              "hybrid": [2048], "full": [32768]}),
-        (pipeline, tune, "tune", "written", {"events": [2048], "temporal": [2048]}),
+        (pipeline, tune, "tune", "written", {"events": [2048, 8192], "temporal": [2048]}),
         (pipeline, tune_short, "tune", "shorthand", {"events": [2048], "temporal": [2048]}),
     ] + [(pipeline, short, "test", wording, {"events": [2048], "temporal": [2048]}) for wording, short in test_shorts]
     if args.synthetic:
@@ -317,6 +317,8 @@ def write_outputs(out: Path, items: Items, timing: dict, seconds: float, sampled
         f"| synthetic cohort @2k, copied-forward notes on | {cell('synthetic', 'written', 'temporal', 2048)} | "
         f"{cell('synthetic', 'written', 'events', 2048)} | >= 0.90 |",
         f"| tune-part minus test-part coverage @2k | | {tune_test} | <= 0.02 |",
+        f"| tune part: evidence coverage @2k / @8k | | {cell('tune', 'written', 'events', 2048)} / "
+        f"{cell('tune', 'written', 'events', 8192)} | |",
         f"| coverage @2k, clinical shorthand minus as written (tune part, paired) | "
         f"{diff(('tune', 'shorthand', 'temporal', 2048), ('tune', 'written', 'temporal', 2048))} | "
         f"{diff(('tune', 'shorthand', 'events', 2048), ('tune', 'written', 'events', 2048))} | within 0.03 |",
@@ -355,6 +357,17 @@ def write_outputs(out: Path, items: Items, timing: dict, seconds: float, sampled
         e = np.mean([events2k[q] for q in keys])
         t = np.mean([temporal2k[q] for q in keys])
         lines.append(f"| {category} | {len(keys)} | {t:.3f} | {e:.3f} | {e - t:+.3f} |")
+    events8k = groups.get(("test", "written", "events", 8192), {})
+    temporal8k = groups.get(("test", "written", "temporal", 8192), {})
+    if events8k:
+        lines += ["", "## Per question type (test part, @8k)", "",
+                  "| category | n | `temporal` | `events` | difference |", "|---|---|---|---|---|"]
+        for category in sorted({category_of[q] for q in events8k}):
+            keys = [q for q in events8k if category_of[q] == category and q in temporal8k]
+            if keys:
+                e = np.mean([events8k[q] for q in keys])
+                t = np.mean([temporal8k[q] for q in keys])
+                lines.append(f"| {category} | {len(keys)} | {t:.3f} | {e:.3f} | {e - t:+.3f} |")
     tune_events = groups.get(("tune", "written", "events", 2048), {})
     tune_temporal = groups.get(("tune", "written", "temporal", 2048), {})
     if tune_events:
