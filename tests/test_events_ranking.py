@@ -79,6 +79,14 @@ def breadth_record() -> PatientRecord:
     for n, specimen in enumerate(CULTURES):
         events.append(Event(event_id=f"cx-{n}", timestamp=start + timedelta(hours=n + 2), kind=EventKind.measurement,
                             name=f"{specimen} Culture", value="NO GROWTH"))
+    grown = start + timedelta(hours=30)  # an organism reported with its susceptibilities
+    events.append(Event(event_id="org", timestamp=grown, kind=EventKind.measurement,
+                        name="Organism in Urine Culture", value="ESCHERICHIA COLI"))
+    for n, antibiotic in enumerate(["AMPICILLIN", "CEFAZOLIN", "GENTAMICIN", "NITROFURANTOIN"]):
+        events.append(Event(event_id=f"susc-{n}", timestamp=grown, kind=EventKind.measurement,
+                            name=f"ESCHERICHIA COLI susceptibility to {antibiotic}", value="S"))
+    events.append(Event(event_id="note", timestamp=grown, kind=EventKind.note, name="Progress note",
+                        text="Urine culture growing E. coli. " * 10))
     events.sort(key=lambda ev: ev.timestamp)
     return PatientRecord(patient_id="br-1", encounters=[Encounter(
         encounter_id="stay", type="inpatient", start=start, end=start + timedelta(days=2), events=events)])
@@ -120,3 +128,18 @@ def test_a_question_naming_a_class_matches_every_member(breadth):
     few = EventsRetriever(index, embedder, vocabulary=build_vocabulary(), class_matches=False)
     few.rank_events(question)
     assert len({few.table.concepts[m.concept].name for m in few.last_matches}) <= few.max_concepts
+
+
+def test_results_reported_together_follow_the_asked_one(breadth):
+    index, embedder = breadth
+    question = "What organism was found in the urine culture?"
+    order = EventsRetriever(index, embedder, vocabulary=build_vocabulary()).rank_events(question)
+    ids = [index.chunks[p].events[i].event_id for p, i in order]
+    companions = {f"susc-{n}" for n in range(4)}
+    # the susceptibilities reported with the organism come right after the matched candidates, before the
+    # events text retrieval brings (the note of the same moment is not one of them)
+    assert companions <= set(ids[: ids.index("org") + 10])
+    assert max(ids.index(e) for e in companions) < ids.index("note")
+    alone = EventsRetriever(index, embedder, vocabulary=build_vocabulary(), companions=0).rank_events(question)
+    alone_ids = [index.chunks[p].events[i].event_id for p, i in alone]
+    assert max(alone_ids.index(e) for e in companions) > max(ids.index(e) for e in companions)
