@@ -11,6 +11,7 @@ stays well-formed XML and every event shown is cited by id in `event_ids`.
 from __future__ import annotations
 
 import re
+from collections import Counter
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -751,6 +752,8 @@ class FlowsheetCosts:
     row_text: list[list[str]]  # the table row without its date and indentation, rendered once
     cell_cost: list[list[int]]  # the event inside a row of its time, with the separator before it
     cell_text: list[list[str]]  # the event inside a row of its time, rendered once
+    minute_of: list[list[int]]  # the event's time as a number (seconds), for grouping without datetimes
+    day_of: list[list[int]]  # the event's day as a number
     fact_of: list[list[int]]  # same number: same time, name, code, value, unit and text (written once)
 
 
@@ -771,7 +774,11 @@ def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCos
     items: list[str] = []
     rows: list[str] = []
     cells: list[str] = []
+    minute_of: list[list[int]] = []
+    day_of: list[list[int]] = []
     for chunk in index.chunks:
+        minute_of.append([int(ev.timestamp.timestamp()) for ev in chunk.events])
+        day_of.append([ev.timestamp.toordinal() for ev in chunk.events])
         keys_row, types_row, facts_row = [], [], []
         for event in chunk.events:
             key = _flowsheet_key(event)
@@ -803,7 +810,8 @@ def _flowsheet_costs(index: PatientIndex, counter: TokenCounter) -> FlowsheetCos
     costs = FlowsheetCosts(key_of=key_of, keys=keys, item_cost=item_cost, line_cost=line_cost,
                            date_cost=counter.count("01-01 " if SHORT_YEARS else "2000-01-01 "), type_of=type_of, types=types,
                            row_cost=row_cost, table_cost=table_cost, item_text=item_text, row_text=row_text,
-                           cell_cost=cell_cost, cell_text=cell_text, fact_of=fact_of)
+                           cell_cost=cell_cost, cell_text=cell_text, minute_of=minute_of, day_of=day_of,
+                           fact_of=fact_of)
     per_index[counter.name] = costs
     return costs
 
@@ -872,32 +880,31 @@ def _layout(index: PatientIndex, costs: EventCosts, sheet: FlowsheetCosts, order
 def _cheaper_as_lines(index: PatientIndex, sheet: FlowsheetCosts, head: list[tuple[str, int, int]],
                       candidates: set) -> set:
     """The candidate (encounter, concept) pairs whose flowsheet line costs less than their values as cells of
-    their type's rows by time, the other concepts' values of those times and days being in the rows."""
-    keys_at: dict[tuple, set[int]] = {}  # (encounter, type, time) -> concept keys with a value then
-    keys_on: dict[tuple, set[int]] = {}  # (encounter, type, day) -> likewise
-    for encounter_id, position, i in head:
-        stamp = index.chunks[position].events[i].timestamp
-        kind, key = sheet.type_of[position][i], sheet.key_of[position][i]
-        keys_at.setdefault((encounter_id, kind, stamp), set()).add(key)
-        keys_on.setdefault((encounter_id, kind, stamp.date()), set()).add(key)
+    their type's rows by time, the other events of those times and days being in the rows."""
+    type_of, key_of, minute_of, day_of = sheet.type_of, sheet.key_of, sheet.minute_of, sheet.day_of
+    encounters = [encounter_id for encounter_id, _, _ in head]
+    kinds = [type_of[position][i] for _, position, i in head]
+    # (encounter, type, time) and (encounter, type, day) -> events of the head then (Counter counts in C: this
+    # runs over every event a 32k context could hold)
+    at_time = Counter(zip(encounters, kinds, [minute_of[position][i] for _, position, i in head]))
+    on_day = Counter(zip(encounters, kinds, [day_of[position][i] for _, position, i in head]))
     line: dict[tuple, float] = {}
     rows: dict[tuple, float] = {}
-    days: dict[tuple, set] = {}
+    own_day: Counter = Counter()  # (encounter, concept, type, day) -> the concept's own values that day
     for encounter_id, position, i in head:
-        key = sheet.key_of[position][i]
+        key = key_of[position][i]
         pair = (encounter_id, key)
         if pair not in candidates:
             continue
-        stamp = index.chunks[position].events[i].timestamp
-        kind = sheet.type_of[position][i]
+        kind = type_of[position][i]
         line[pair] = line.get(pair, sheet.line_cost[key]) + sheet.item_cost[position][i]
-        shared = len(keys_at[(encounter_id, kind, stamp)]) > 1
+        shared = at_time[(encounter_id, kind, minute_of[position][i])] > 1
         rows[pair] = rows.get(pair, 0.0) + (sheet.cell_cost if shared else sheet.row_cost)[position][i]
-        if stamp.date() not in days.setdefault(pair, set()):
-            days[pair].add(stamp.date())
-            line[pair] += sheet.date_cost
-            if len(keys_on[(encounter_id, kind, stamp.date())]) == 1:
-                rows[pair] += sheet.date_cost
+        own_day[(encounter_id, key, kind, day_of[position][i])] += 1
+    for (encounter_id, key, kind, day), n in own_day.items():
+        line[(encounter_id, key)] += sheet.date_cost  # a line writes each of its days
+        if on_day[(encounter_id, kind, day)] == n:  # rows write it only for a day no other event shares
+            rows[(encounter_id, key)] += sheet.date_cost
     return {pair for pair in candidates if line[pair] <= rows[pair]}
 
 
