@@ -162,14 +162,23 @@ VARIANTS = {
     "ours": ({}, None),
     # how a build ran before issue 14: reference encoder, one encode call per patient, no embedding cache
     "ours-before": ({"encoder": "torch-fp32", "embedding_cache": False}, 1),
-    # the Ray engine on this machine (Ray in local mode, 2 actors of 1 CPU each), cache off like a first build
-    "ray": ({"engine": "ray", "ray": {"num_workers": 2, "patients_per_task": 2}, "embedding_cache": False}, None),
+    # the Ray engine on this machine with its default layout (one actor per node holding the node's CPUs), cache
+    # off like a first build
+    "ray": ({"engine": "ray", "embedding_cache": False}, None),
+    # the layout before: 2 actors of 1 CPU each, 2 patients per task
+    "ray-2x1": ({"engine": "ray", "ray": {"num_workers": 2, "num_cpus_per_worker": 1, "patients_per_task": 2},
+                 "embedding_cache": False}, None),
+    # 2 actors of 1 CPU with longer per-task streams (less padding per batch)
+    "ray-2x1-8": ({"engine": "ray", "ray": {"num_workers": 2, "num_cpus_per_worker": 1, "patients_per_task": 8},
+                   "embedding_cache": False}, None),
 }
 
 
 VARIANT_LABELS = {
     "ours-before": "medalign-rag before issue 14 (torch-fp32, one encode call per patient, no cache)",
-    "ray": "medalign-rag `--engine ray` on this machine (2 actors x 1 CPU)",
+    "ray": "medalign-rag `--engine ray` on this machine (default layout: 1 actor x 2 CPUs)",
+    "ray-2x1": "medalign-rag `--engine ray` on this machine (2 actors x 1 CPU, 2 patients per task)",
+    "ray-2x1-8": "medalign-rag `--engine ray` on this machine (2 actors x 1 CPU, 8 patients per task)",
 }
 
 
@@ -546,7 +555,7 @@ def main() -> None:
     # worker mode (internal)
     parser.add_argument("--variants", default="",
                         help="extra builds timed in the same rounds, comma-separated: ours-before, ray")
-    parser.add_argument("--worker", choices=["ours", "ours-before", "ray", "llama", "prototype"],
+    parser.add_argument("--worker", choices=[*VARIANTS, "llama", "prototype"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--cohort", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)

@@ -156,7 +156,7 @@ def main() -> None:
         f"({rb.get('encoder')}); QueryFusionRetriever + same packing {fusion:.1f} ms = {fusion / hybrid:.2f}x | "
         f"< 20 ms, >= 3x |",
         f"| query embedding alone, median | {query_fp32:.1f} ms | **{query:.1f} ms** | a few ms |",
-        f"| Ray engine on this machine ({ours['patients']} patients; 2 actors x 1 CPU, Ray start-up outside the "
+        f"| Ray engine on this machine ({ours['patients']} patients; default layout, 1 actor x 2 CPUs; Ray start-up outside the "
         f"clock, model loads inside), throughput vs local engine | - | **{ray_rate / rate:.2f}x** ({ray_rate:.2f} vs "
         f"{rate:.2f} chunks/s) | >= 0.8x |" if ray_rate else "| Ray engine | - | not run | >= 0.8x |",
         gpu_row,

@@ -297,8 +297,9 @@ def index(
     as_json: bool = typer.Option(False, "--json", help="Print the build report as JSON."),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster or Ray here)."),
     address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (auto, ray://host:10001)."),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", min=1, help="ray: encoder actors (default: one per CPU)."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", min=1, help="ray: encoder actors (default: one per node)."),
     num_gpus_per_worker: float = typer.Option(0.0, "--num-gpus-per-worker", min=0.0, help="ray: GPUs per actor."),
+    num_cpus_per_worker: Optional[float] = typer.Option(None, "--num-cpus-per-worker", min=0.001, help="ray: CPUs per actor (default: a node's CPUs; 1 with GPUs)."),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="auto (default: openvino-bf16 on CPUs with bf16 units, else openvino-fp32, else torch-fp32), torch-fp32, torch-bf16, onnx-fp32, openvino-fp32, openvino-bf16."),
 ) -> None:
     """Build one FAISS index per patient; unchanged patients are skipped."""
@@ -314,7 +315,8 @@ def index(
             # GPU workers run the reference torch encoder unless told otherwise (ONNX/OpenVINO run on CPUs here)
             **base.model_dump(), "engine": engine,
             "encoder": encoder or ("torch-fp32" if num_gpus_per_worker > 0 else base.encoder),
-            "ray": RaySettings(address=address, num_workers=num_workers, num_gpus_per_worker=num_gpus_per_worker),
+            "ray": RaySettings(address=address, num_workers=num_workers, num_gpus_per_worker=num_gpus_per_worker,
+                               num_cpus_per_worker=num_cpus_per_worker),
         })
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -42,3 +42,15 @@ def test_gpu_workers_refuse_a_cpu_only_encoder():
     builder = IndexBuilder(IndexSettings(engine="ray", encoder="onnx-fp32", ray=RaySettings(num_gpus_per_worker=1)))
     with pytest.raises(MedalignError, match="GPU workers need"):
         builder.engine()
+
+
+def test_ray_actor_layout_defaults_to_one_actor_per_node_holding_its_cpus():
+    from medalign_rag.index.engines.ray import actor_layout
+
+    assert actor_layout([2.0], None, None, 0.0) == (1, 2.0)  # this machine: one stream on both cores
+    assert actor_layout([16.0, 16.0, 8.0], None, None, 0.0) == (5, 8.0)  # actors of the smallest node's size, as many as fit
+    assert actor_layout([2.0], 2, None, 0.0) == (2, 1.0)  # asked-for actors share the CPUs
+    assert actor_layout([4.0, 4.0], None, 1.0, 0.0) == (8, 1.0)  # asked-for CPUs per actor: as many as fit
+    assert actor_layout([16.0], None, None, 1.0) == (16, 1.0)  # GPU actors take one CPU each
+    with pytest.raises(ValueError):
+        RaySettings(num_cpus_per_worker=0)

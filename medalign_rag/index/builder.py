@@ -25,9 +25,12 @@ class RaySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     address: str | None = None  # None: start Ray on this machine; "auto" or "ray://host:10001": join a cluster
-    num_workers: int | None = Field(None, ge=1)  # actors, each with one loaded encoder (default: one per CPU)
+    num_workers: int | None = Field(None, ge=1)  # actors, each with one loaded encoder (default: one per node)
     num_gpus_per_worker: float = Field(0.0, ge=0)
-    num_cpus_per_worker: float = Field(1.0, gt=0)
+    # None: an actor holds all the CPUs of a node (of the smallest node) when num_workers is not set, else an equal
+    # share of the cluster's CPUs; a GPU actor takes 1. One encode stream on all of a node's cores ran 1.7x faster
+    # than one single-thread actor per core on a 2-core machine (benchmarks/RESULTS.md, Ray layouts).
+    num_cpus_per_worker: float | None = Field(None, gt=0)
     patients_per_task: int = Field(4, ge=1)
 
 
