@@ -1,6 +1,8 @@
 """General handling of clinicians' shorthand (issue 13, item 0): a stopword in a noun's place ("total out"),
 abbreviations typed without their inner punctuation ("dc" for "d/c"), an ambiguous abbreviation read by the meaning
-this record holds whole ("Cr"), and a discharge or admission with no kind of visit read as the hospital's."""
+this record holds whole ("Cr"), a discharge or admission with no kind of visit read as the hospital's, number-sign
+ordinals ("#1 icu adm", "value #2"), clippings of this patient's words read from the word as typed ("press",
+"doxy"), and generic words for the microbiology class of facts ("cultures", "swab")."""
 
 from datetime import datetime as D, timedelta
 
@@ -11,9 +13,10 @@ import pytest
 from medalign_rag.chunking import ChunkingSettings, chunk_record
 from medalign_rag.index.store import IndexManifest, PatientIndex
 from medalign_rag.records.model import Encounter, Event, EventKind, PatientRecord
-from medalign_rag.retrieval.concepts import build_concept_table
+from medalign_rag.retrieval.concepts import MIN_LISTED_CLIPPING, _stemmer, _tokenize, build_concept_table
 from medalign_rag.retrieval.cues import normalize_shorthand, parse_cues
-from medalign_rag.retrieval.vocabulary import SourceTerm, build_vocabulary
+from medalign_rag.retrieval.time_cues import VisitCue
+from medalign_rag.retrieval.vocabulary import SourceTerm, build_vocabulary, classes_named
 from medalign_rag.tokenization import default_counter
 
 START = D(2146, 3, 1, 8)
@@ -25,9 +28,9 @@ NAMES = {
 }
 
 
-def index() -> PatientIndex:
+def index(names_by_kind: dict[EventKind, list[str]] | None = None) -> PatientIndex:
     events = []
-    for kind, names in NAMES.items():
+    for kind, names in (names_by_kind or NAMES).items():
         for number, name in enumerate(names):
             events.append(Event(event_id=f"{kind.value}{number}", kind=kind, name=name, value="1",
                                 timestamp=START + timedelta(hours=number)))
@@ -159,3 +162,128 @@ def test_a_number_sign_keeps_its_number(table):
     assert scores["Chest Tube #2"] > scores.get("Chest Tube #1", 0.0)  # without the number they would tie
     assert matched(table, "total chest tube #1 out")[0] == "Chest Tube #1"
     assert "out" in table.noun_position_clippings("total chest tube #1 out")
+
+
+# -- number-sign ordinals -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("question, visits, direction", [
+    ("hr on the #1 icu admission", (VisitCue("first", "icu", "first icu stay"),), None),
+    ("when was hr #1 recorded", (), "first"),
+    ("value #2 of hr on the last adm", (VisitCue("last", "hospital", "last hospital visit"),), "first"),
+    ("the #2 value of hr", (), "first"),
+    ("the 2nd value of hr", (), "first"),
+    ("value #2 to last of hr", (), "recent"),  # counted from the end
+    ("2nd to last hr", (), "recent"),
+])
+def test_a_number_sign_before_a_small_number_is_an_ordinal(question, visits, direction):
+    cues = parse_cues(question, None)
+    assert cues.visits == visits
+    assert cues.direction == direction
+    assert "#" not in cues.content_query
+    if direction == "first":
+        assert "second" not in cues.content_query
+    assert "hr" in cues.content_query.split()
+
+
+def test_a_number_sign_ordinal_reads_like_the_written_ordinal():
+    assert "second hospital visit" in normalize_shorthand("last wbc on the #2 hosp", None)
+    assert "first icu stay" in normalize_shorthand("#1 icu admission", None)
+    assert "first icu stay" in normalize_shorthand("#1icu admission", None)
+    # not an ordinal: a larger number, a decimal, a number sign inside a word
+    for kept in ("room #12", "dose #1.5", "bed#2x"):
+        assert "#" in normalize_shorthand(kept, None)
+
+
+def test_a_number_sign_after_a_word_this_patient_numbers_stays_part_of_the_name(table):
+    assert table.numbered_words() == frozenset({"tube"})
+    cues = parse_cues("total chest tube #1 out", None, table.numbered_words())
+    assert cues.direction is None and "#1" in cues.content_query
+    assert matched(table, cues.content_query)[0] == "Chest Tube #1"
+    # without this patient's names the same words read "#1" as "first"
+    assert parse_cues("total chest tube #1 out", None).direction == "first"
+    # a word the patient's names do not number keeps the ordinal reading ("creatinine #2": its second value)
+    assert parse_cues("creatinine #2", None, table.numbered_words()).direction == "first"
+
+
+# -- clippings of this patient's words ----------------------------------------------------------------------------
+
+VITALS = {
+    EventKind.measurement: ["Arterial Blood Pressure systolic", "Arterial Blood Pressure mean",
+                            "Non Invasive Blood Pressure systolic", "Mean Airway Pressure", "Respiratory Rate",
+                            "Heart Rate", "Microbiology test: URINE CULTURE", "Microbiology test: MRSA SCREEN",
+                            "Organism in URINE CULTURE (URINE)", "Potassium"],
+    EventKind.drug: ["Doxycycline Hyclate", "Heparin"],
+}
+
+
+@pytest.fixture(scope="module")
+def vitals():
+    return build_concept_table(index(VITALS), build_vocabulary())
+
+
+@pytest.mark.parametrize("word", ["pressure", "respiratory", "doxycycline", "systolic", "arterial", "invasive"])
+def test_every_clipping_of_four_or_more_letters_reads_as_the_word(vitals, word):
+    stem = _stemmer().stemWord(word)
+    for length in range(4, len(word)):
+        clipped = word[:length]
+        token = _tokenize([clipped], return_ids=False)[0][0]
+        assert token == stem or stem in vitals.typed_clippings(clipped).get(token, ()), clipped
+
+
+def test_a_clipping_is_read_from_the_word_as_typed_not_its_stem(vitals):
+    # "doxy" stems to "doxi", no prefix of "doxycyclin"; "pressu" is longer than nothing but "pres" is listed
+    assert _stemmer().stemWord("doxy") == "doxi"
+    assert vitals.typed_clippings("last doxy") == {"doxi": ("doxycyclin",)}
+    assert matched(vitals, "last doxy") == ["Doxycycline Hyclate"]
+
+
+def test_a_listed_abbreviation_of_four_letters_no_concept_holds_reads_as_a_clipping(vitals):
+    listed = vitals.vocabulary.meanings("pres")
+    assert listed  # the abbreviation list knows "pres"; none of its meanings is a concept here
+    assert "pressur" in vitals.clippings("pres")
+    assert vitals.held_whole(list(listed), "last pres") == []  # its list meanings give way to the clipping
+    # a short one stays with the list when shorter than the floor
+    if MIN_LISTED_CLIPPING > 3:
+        assert vitals.clippings("art") == ()
+    else:
+        assert "arteri" in vitals.clippings("art")
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("systolic press", {"Arterial Blood Pressure systolic", "Non Invasive Blood Pressure systolic"}),
+    ("resp rate", {"Respiratory Rate"}),
+    ("last diast press", set()),  # no diastolic concept: the two pressures with the most words stay unmatched
+])
+def test_clipped_words_reach_the_concepts_they_shorten(vitals, query, expected):
+    names = matched(vitals, query)
+    assert set(names[:len(expected)]) == expected
+    assert "Heart Rate" not in names[:len(expected) or 1] or not expected
+
+
+def test_clippings_are_spelled_out_for_dense_and_text_retrieval(vitals):
+    assert vitals.reading_words("systolic press") == ["pressure"]
+    assert vitals.reading_words("resp rate") == ["respiratory"]
+
+
+# -- words for the microbiology class of facts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("question", ["any cultures since admission?", "last swab", "specimens sent", "urine cx cultured?"])
+def test_words_for_cultures_name_the_microbiology_class(question):
+    assert classes_named(question) == ["microbiology"]
+    assert "microbiology" in build_vocabulary().meanings_in(question, visits=False)
+
+
+def test_words_that_are_not_about_cultures_name_no_class():
+    assert classes_named("any meds since admission") == []
+    assert classes_named("cultural background") == []
+    assert "microbiology" not in build_vocabulary().meanings_in("last potassium", visits=False)
+
+
+def test_a_swab_reaches_microbiology_results_whose_names_say_neither_word(vitals):
+    names = matched(vitals, "last swab")
+    assert "Microbiology test: MRSA SCREEN" in names  # the name holds neither "swab" nor "culture"
+    assert "Potassium" not in names and "Heparin" not in names
+    names = matched(vitals, "any cultures")
+    assert names[0] == "Microbiology test: URINE CULTURE" and "Potassium" not in names

@@ -70,12 +70,17 @@ def _tokenize(texts: list[str], *, return_ids: bool = True):
 # Concept names recur across patients ("Potassium", "Heart Rate"): their vectors are computed once per process.
 _NAME_VECTORS: dict[tuple[str, str], np.ndarray] = {}
 
+# A word the abbreviation list knows ("pres": posterior reversible encephalopathy syndrome) is still read as a
+# clipping of this patient's words ("pressure") when it has at least this many letters and none of its listed
+# meanings is a concept of this patient; shorter ones ("art", "sat") are left to the list.
+MIN_LISTED_CLIPPING = 4
 MAX_CLIPPINGS = 6  # a shortened word standing for more of this patient's words than this is too vague to expand
 # Words of measure that put the next word in a noun's place: "total out", "volume of out" (out: output).
 QUANTITY_WORDS = frozenset({"total", "amount", "volume", "quantity", "sum", "net"})
 _WORD = re.compile(r"[a-z0-9]+")
 _ABBREVIATION_TOKEN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z0-9]*\+?")
 _VOWELS = frozenset("aeiouy")
+_TYPED_WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s' own token pattern: the words `_tokenize` stems
 
 LEXICAL_WEIGHT = 0.6  # share of the lexical score in a concept's match score (the rest is dense similarity)
 MIN_DENSE_SIMILARITY = 0.45  # a concept with no lexical match must be at least this close in meaning
@@ -133,6 +138,8 @@ class ConceptTable:
     _clippings: dict[tuple[str, bool], tuple[str, ...]] = field(default_factory=dict, repr=False)
     _name_words: frozenset[str] | None = field(default=None, repr=False)
     _surface: dict[str, str] | None = field(default=None, repr=False)  # stem -> a name's spelling of it
+    _numbered: frozenset[str] | None = field(default=None, repr=False)
+    _spelled_by_letter: dict[str, list[tuple[str, str]]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -158,8 +165,8 @@ class ConceptTable:
         if cached is not None:
             return cached
         found: tuple[str, ...] = ()
-        if len(word) >= 3 and not word.isdigit() and (stopword or word not in _STOPWORD_SET) and not (
-                self.vocabulary is not None and self.vocabulary.meanings(word)):
+        if len(word) >= 3 and not word.isdigit() and (stopword or word not in _STOPWORD_SET) and \
+                not self._left_to_the_list(word):
             if self._words_by_letter is None:
                 by_letter: dict[str, set[str]] = {}
                 for tokens in self.search_tokens:
@@ -168,6 +175,10 @@ class ConceptTable:
                 self._words_by_letter = {k: sorted(v) for k, v in by_letter.items()}
             words = self._words_by_letter.get(word[0], [])
             prefixed = [w for w in words if len(w) > len(word) and w.startswith(word)]
+            # a clipping is a prefix of the word as the name spells it, which its stem need not keep: "doxy"
+            # stems to "doxi", and "abdomina" is longer than "abdominal"'s stem "abdomin"
+            prefixed += [stem for spelled, stem in self._spelled_words(word[0]) if len(spelled) > len(word)
+                         and spelled.startswith(word) and stem != word and stem not in prefixed]
             if not prefixed and word.endswith("s") and len(word) >= 4 and word[:-1] not in words:
                 # the plural of a clipping ("sats": saturation, "temps"): the plural's "s" is not a letter of it
                 prefixed = [w for w in words if len(w) > len(word) - 1 and w.startswith(word[:-1])]
@@ -185,6 +196,40 @@ class ConceptTable:
                 found = ()
         self._clippings[(word, stopword)] = found
         return found
+
+    def _spelled_words(self, letter: str) -> list[tuple[str, str]]:
+        """(word as this patient's names spell it, its stem), for the words starting with `letter`."""
+        if self._spelled_by_letter is None:
+            by_letter: dict[str, set[tuple[str, str]]] = {}
+            for text in self.search_texts:
+                for spelled in _TYPED_WORD.findall(text.lower()):
+                    if not spelled.isdigit():
+                        by_letter.setdefault(spelled[:1], set()).add((spelled, _stemmer().stemWord(spelled)))
+            self._spelled_by_letter = {k: sorted(v) for k, v in by_letter.items()}
+        return self._spelled_by_letter.get(letter, [])
+
+    def _left_to_the_list(self, word: str) -> bool:
+        """`word` is an abbreviation the list knows, read by the list's meanings rather than as a clipping: always
+        when shorter than MIN_LISTED_CLIPPING, else when one of its meanings is a concept of this patient."""
+        listed = self.vocabulary.meanings(word) if self.vocabulary is not None else ()
+        if not listed:
+            return False
+        return len(word) < MIN_LISTED_CLIPPING or any(self._holds_whole(m) for m in listed)
+
+    def typed_clippings(self, query: str) -> dict[str, tuple[str, ...]]:
+        """Each (stemmed) word of `query` -> its clippings, read from the word as typed: "doxy" (stem "doxi") ->
+        "doxycyclin". {} entries are left out."""
+        found: dict[str, tuple[str, ...]] = {}
+        for typed in _TYPED_WORD.findall(_numbered(query).lower()):
+            if typed in _STOPWORD_SET:
+                continue
+            stem = _stemmer().stemWord(typed)
+            if stem not in found:
+                readings = self.clippings(typed)
+                if stem != typed:
+                    readings = tuple(dict.fromkeys((*readings, *self.clippings(stem))))
+                found[stem] = readings
+        return {stem: readings for stem, readings in found.items() if readings}
 
     def noun_position_clippings(self, query: str) -> dict[str, tuple[str, ...]]:
         """Stopwords of `query` that stand where a noun stands and shorten this patient's concept words: clinicians
@@ -212,10 +257,17 @@ class ConceptTable:
                 for word in _WORD.findall(text.lower()):
                     surface.setdefault(_stemmer().stemWord(word), word)
             self._surface = surface
-        readings = [r for token in dict.fromkeys(_tokenize([query], return_ids=False)[0])
-                    for r in self.clippings(token)]
+        readings = [r for found in self.typed_clippings(query).values() for r in found]
         readings += [r for found in self.noun_position_clippings(query).values() for r in found]
         return list(dict.fromkeys(self._surface[r] for r in readings if r in self._surface))
+
+    def numbered_words(self) -> frozenset[str]:
+        """Lower-case words that a number sign follows in this patient's concept names ("tube" of "Chest Tube
+        #1"): cues.normalize_shorthand keeps "#1" after them as part of the name rather than as "first"."""
+        if self._numbered is None:
+            self._numbered = frozenset(m.group(1).lower() for c in self.concepts
+                                       for m in re.finditer(r"([A-Za-z][A-Za-z0-9]*)\W*#\s*\d", c.name))
+        return self._numbered
 
     def _is_name_word(self, word: str) -> bool:
         if self._name_words is None:
@@ -233,7 +285,8 @@ class ConceptTable:
             return np.zeros(len(self.concepts), dtype=np.float32)
         scores = (np.asarray(self.bm25.get_scores(tokens), dtype=np.float32) if tokens
                   else np.zeros(len(self.concepts), dtype=np.float32))
-        for readings in [self.clippings(token) for token in dict.fromkeys(tokens)] + extra_readings:
+        clipped = self.typed_clippings(query)
+        for readings in [clipped.get(token, ()) for token in dict.fromkeys(tokens)] + extra_readings:
             if not readings:
                 continue
             # the readings of one shortened word are alternatives ("micro": microbiology or microcytes), weighed
@@ -253,7 +306,8 @@ class ConceptTable:
         `expansions`: what the question's abbreviations stand for (Vocabulary.meanings_in of the question as
         typed, before any lower-casing), matched along with the query."""
         expansions = [e for e in expansions if e.lower() not in query.lower()]
-        expanded = f"{query} {' '.join(expansions)}".strip()
+        # dense similarity reads "press" as the verb: the words this patient's names spell it as are read too
+        expanded = f"{query} {' '.join(expansions + self.reading_words(query))}".strip()
         if not self.concepts or not expanded:
             return []
         particles = self.noun_position_clippings(query)
@@ -277,7 +331,7 @@ class ConceptTable:
         chosen = chosen[np.argsort(-score[chosen], kind="stable")][:limit]
         words = _tokenize([query], return_ids=False)[0] + list(particles)
         meant = set(_tokenize([" ".join(expansions)], return_ids=False)[0]) if expansions else set()
-        readings = {**self.abbreviation_readings(query, expansions), **particles}
+        readings = {**self.typed_clippings(query), **self.abbreviation_readings(query, expansions), **particles}
         return [ConceptMatch(int(i), float(score[i]), float(lexical[i]), float(dense[i]),
                              self.coverage(int(i), words, meant, readings)) for i in chosen]
 
@@ -300,17 +354,21 @@ class ConceptTable:
         holds whole, when another of its readings is held: "Cr" (clinical response, complete response,
         controlled release, creatinine) is read as "Creatinine" here, not by the stray word "response" one of its
         other readings shares with "GCS - Verbal Response". An abbreviation with one meaning ("UOP": urine
-        output) or none held keeps them all; meanings of no abbreviation (kind words, drug names) stay."""
+        output) or none held keeps them all, unless it is read as a clipping of this patient's words instead
+        ("pres": pressure; see _left_to_the_list); meanings of no abbreviation (kind words, drug names) stay."""
         if self.vocabulary is None or not query:
             return list(meanings)
         dropped: set[str] = set()
         for raw in set(_ABBREVIATION_TOKEN.findall(query)):
             readings = self.vocabulary.meanings(raw)
-            if len(readings) < 2:
+            if not readings:
                 continue
             held = [m for m in readings if self._holds_whole(m)]
             if held:
-                dropped |= {m.lower() for m in readings if m not in held}
+                if len(readings) >= 2:
+                    dropped |= {m.lower() for m in readings if m not in held}
+            elif not self._left_to_the_list(raw.lower()) and self.clippings(raw.lower()):
+                dropped |= {m.lower() for m in readings}  # read as a clipping of this patient's words instead
         return [m for m in meanings if m.lower() not in dropped]
 
     def _holds_whole(self, meaning: str) -> bool:

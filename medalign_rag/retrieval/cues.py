@@ -42,6 +42,13 @@ from medalign_rag.retrieval.vocabulary import (
 )
 
 _ORDINALS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth"}
+# "#1 icu adm", "the #2 hosp", "value #2": a number sign before a small number is an ordinal, as "1st" is, unless it
+# numbers a concept ("Chest Tube #1"): see normalize_shorthand's `numbered_words`.
+_NUMBER_SIGN_ORDINAL = re.compile(r"(?<![\w#])#\s*([1-4])(?![\d.,/:])")
+_WORD_BEFORE = re.compile(r"([a-z][a-z0-9]*)\W*$", re.IGNORECASE)
+# "the second value", "value #2": the second in time from the start, so read oldest first; "second to last" is
+# counted from the end and reads newest first through its "last"
+_SECOND_FROM_START = re.compile(r"\bsecond\b(?!\s*(?:-\s*)?(?:to\s*(?:-\s*)?(?:the\s+)?)?(?:last|latest|most\s+recent)\b)")
 _SHORTHAND = [
     (re.compile(r"\b(\d+)\s*(?:d|dys?)\b"), r"\1 days"),
     (re.compile(r"\b(\d+)\s*(?:wks?|w)\b"), r"\1 weeks"),
@@ -74,9 +81,26 @@ def _century_near(two_digits: int, anchor: datetime | None) -> int:
     return year - 100 if year > reference else year
 
 
-def normalize_shorthand(question: str, time_anchor: datetime | None) -> str:
-    """Rewrite clinicians' shorthand for visits, ordinals, periods and two-digit years into plain forms."""
+def _number_sign_ordinals(text: str, numbered_words: frozenset[str]) -> str:
+    """"#1" / "#2" read as "first" / "second", except right after a word that numbers this patient's concepts
+    ("chest tube #1" when a concept is named "Chest Tube #1"): there the number is part of the name."""
+    def ordinal(match: re.Match[str]) -> str:
+        before = _WORD_BEFORE.search(text[:match.start()])
+        if before and (before.group(1).lower() in numbered_words or before.group(1).lower().rstrip("s")
+                       in numbered_words):
+            return match.group(0)
+        word = _ORDINALS[match.group(1) + ("st", "nd", "rd", "th")[int(match.group(1)) - 1]]
+        return word + " " if text[match.end():match.end() + 1].isalpha() else word  # "#1icu" -> "first icu"
+    return _NUMBER_SIGN_ORDINAL.sub(ordinal, text)
+
+
+def normalize_shorthand(question: str, time_anchor: datetime | None,
+                        numbered_words: frozenset[str] = frozenset()) -> str:
+    """Rewrite clinicians' shorthand for visits, ordinals, periods and two-digit years into plain forms.
+    `numbered_words`: lower-case words that a number sign follows in this patient's concept names ("tube" of
+    "Chest Tube #1"); "#1" after one of them stays part of the name instead of reading as "first"."""
     text = patient_pattern().sub("patient", question)
+    text = _number_sign_ordinals(text, numbered_words)
     text = _CONTRACTION.sub(r"\1 is", text)  # "what's the" is "what is the", not a possessive
     text = re.sub(r"(\d)'s\b", r"\1", text)  # "patient 10014354's weight"
     text = _VISIT_PATTERN.sub(lambda m: VISIT_WORDS[m.group(1).lower()], text)
@@ -140,10 +164,17 @@ def _library_windows(text: str, time_anchor: datetime | None) -> list[DateWindow
     return windows
 
 
-def parse_cues(question: str, time_anchor: datetime | None) -> TemporalCues:
-    """Time cues of `question`, written as the benchmark writes or as clinicians type."""
-    normalized = normalize_shorthand(question, time_anchor)
+def parse_cues(question: str, time_anchor: datetime | None,
+               numbered_words: frozenset[str] = frozenset()) -> TemporalCues:
+    """Time cues of `question`, written as the benchmark writes or as clinicians type (`numbered_words`: see
+    normalize_shorthand)."""
+    normalized = normalize_shorthand(question, time_anchor, numbered_words)
     cues = parse_temporal_cues(normalized, time_anchor)
+    if cues.direction is None:  # "value #2", "the 2nd value": counted from the start
+        second = _SECOND_FROM_START.search(_blank(normalized, cues.matched))
+        if second:
+            cues = replace(cues, direction="first", matched=cues.matched + ("second",),
+                           content_query=re.sub(r"\s+", " ", _SECOND_FROM_START.sub(" ", cues.content_query)).strip())
     remaining = _blank(normalized, cues.matched)
     extra = _library_windows(remaining, time_anchor)
     if not extra:

@@ -137,7 +137,7 @@ class EventsRetriever(PatientRetriever):
     def rank_events(self, query: str) -> list[EventPosition]:
         """Every event not after the time anchor, best first."""
         table = self.table
-        cues = self.last_cues = parse_cues(query, self.time_anchor)
+        cues = self.last_cues = parse_cues(query, self.time_anchor, table.numbered_words())
         self.text.parsed = (query, cues)
         visible = np.ones(len(table.event_time), dtype=bool)
         if self.time_anchor is not None:

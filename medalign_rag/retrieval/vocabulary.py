@@ -100,6 +100,21 @@ KIND_LABELS: dict[EventKind, str] = {
     EventKind.other: "",
 }
 
+# Generic words for a class of facts that no EventKind of its own holds but whose concept names carry one word for
+# it: a microbiology result is a measurement named "Microbiology test: URINE CULTURE" or "Organism in ...", and
+# clinicians ask for "cultures", "specimens", "swabs". As "meds" reads as "drug", these read as the class's word.
+CLASS_WORDS: dict[str, tuple[str, ...]] = {
+    "microbiology": ("culture", "cultures", "cultured", "specimen", "specimens", "swab", "swabs", "swabbed"),
+}
+_CLASS_WORD_PATTERNS = {name: re.compile(r"\b(?:" + "|".join(words) + r")\b", re.IGNORECASE)
+                        for name, words in CLASS_WORDS.items()}
+
+
+def classes_named(text: str) -> list[str]:
+    """The class words ("microbiology") of the facts `text` names with a generic word ("cultures", "swab")."""
+    return [name for name, pattern in _CLASS_WORD_PATTERNS.items() if pattern.search(text)]
+
+
 # Shortenings of everyday clinical charting that a medical-abbreviation list does not carry because they are
 # clippings of ordinary words rather than abbreviations ("micro" for microbiology, "proc" for procedure).
 # Clippings of words the patient's own concept names hold ("micro", "temp", "phos") are read against those names
@@ -282,6 +297,7 @@ class Vocabulary:
         words = set(re.findall(r"[a-z]+", text.lower()))
         extra.extend(KIND_LABELS[kind].split()[0] for kind in sorted(kinds_named(text), key=lambda k: k.value)
                      if not words & set(KIND_LABELS[kind].split()))
+        extra.extend(classes_named(text))  # "any cultures?" -> "microbiology", the word such concepts carry
         if visits:
             extra.extend(visit for word, visit in VISIT_WORDS.items()
                          if re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE))
