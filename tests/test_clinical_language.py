@@ -191,7 +191,7 @@ def test_a_number_sign_ordinal_reads_like_the_written_ordinal():
     assert "first icu stay" in normalize_shorthand("#1 icu admission", None)
     assert "first icu stay" in normalize_shorthand("#1icu admission", None)
     # not an ordinal: a larger number, a decimal, a number sign inside a word
-    for kept in ("room #12", "dose #1.5", "bed#2x"):
+    for kept in ("room #12", "dose #1.5", "bed#2x", "pt #3 last hr"):
         assert "#" in normalize_shorthand(kept, None)
 
 
@@ -269,7 +269,8 @@ def test_clippings_are_spelled_out_for_dense_and_text_retrieval(vitals):
 # -- words for the microbiology class of facts --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("question", ["any cultures since admission?", "last swab", "specimens sent", "urine cx cultured?"])
+@pytest.mark.parametrize("question", ["any cultures since admission?", "last swab", "specimens sent",
+                                      "urine cx cultured?"])
 def test_words_for_cultures_name_the_microbiology_class(question):
     assert classes_named(question) == ["microbiology"]
     assert "microbiology" in build_vocabulary().meanings_in(question, visits=False)

@@ -48,7 +48,8 @@ _NUMBER_SIGN_ORDINAL = re.compile(r"(?<![\w#])#\s*([1-4])(?![\d.,/:])")
 _WORD_BEFORE = re.compile(r"([a-z][a-z0-9]*)\W*$", re.IGNORECASE)
 # "the second value", "value #2": the second in time from the start, so read oldest first; "second to last" is
 # counted from the end and reads newest first through its "last"
-_SECOND_FROM_START = re.compile(r"\bsecond\b(?!\s*(?:-\s*)?(?:to\s*(?:-\s*)?(?:the\s+)?)?(?:last|latest|most\s+recent)\b)")
+_SECOND_FROM_START = re.compile(
+    r"\bsecond\b(?!\s*(?:-\s*)?(?:to\s*(?:-\s*)?(?:the\s+)?)?(?:last|latest|most\s+recent)\b)")
 _SHORTHAND = [
     (re.compile(r"\b(\d+)\s*(?:d|dys?)\b"), r"\1 days"),
     (re.compile(r"\b(\d+)\s*(?:wks?|w)\b"), r"\1 weeks"),
@@ -86,11 +87,12 @@ def _number_sign_ordinals(text: str, numbered_words: frozenset[str]) -> str:
     ("chest tube #1" when a concept is named "Chest Tube #1"): there the number is part of the name."""
     def ordinal(match: re.Match[str]) -> str:
         before = _WORD_BEFORE.search(text[:match.start()])
-        if before and (before.group(1).lower() in numbered_words or before.group(1).lower().rstrip("s")
-                       in numbered_words):
-            return match.group(0)
-        word = _ORDINALS[match.group(1) + ("st", "nd", "rd", "th")[int(match.group(1)) - 1]]
-        return word + " " if text[match.end():match.end() + 1].isalpha() else word  # "#1icu" -> "first icu"
+        word = before.group(1).lower() if before else ""
+        if word and (word in numbered_words or word.rstrip("s") in numbered_words or word == "patient"):
+            return match.group(0)  # part of a name, or a patient's number ("pt #3")
+        ordinal_word = _ORDINALS[match.group(1) + ("st", "nd", "rd", "th")[int(match.group(1)) - 1]]
+        glued = text[match.end():match.end() + 1].isalpha()  # "#1icu" -> "first icu"
+        return ordinal_word + " " if glued else ordinal_word
     return _NUMBER_SIGN_ORDINAL.sub(ordinal, text)
 
 

@@ -15,7 +15,8 @@ uses, none of them fitted to any question set:
 * the patient's own concept names (concepts.py): a shortened word ("temp", "micro", "wgt") is read as the words of
   this patient's concepts it shortens;
 * small tables of the generic words for the kinds of facts an EHR holds (drug, diagnosis, procedure, lab, visit;
-  "cultures", "specimen", "swab" for microbiology results, which are measurements by kind) and for visits (admission, stay, hospitalization, encounter, ED/clinic visit).
+  "cultures", "specimen", "swab" for microbiology results, which are measurements by kind) and for visits
+  (admission, stay, hospitalization, encounter, ED/clinic visit).
 
 `Vocabulary.expand(text)` keeps the text and appends what its abbreviations stand for, so lexical and dense
 matching see both; ambiguous abbreviations ("K": keratometry, potassium, thousand) expand to every meaning, and
