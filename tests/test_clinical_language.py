@@ -288,3 +288,18 @@ def test_a_swab_reaches_microbiology_results_whose_names_say_neither_word(vitals
     assert "Potassium" not in names and "Heparin" not in names
     names = matched(vitals, "any cultures")
     assert names[0] == "Microbiology test: URINE CULTURE" and "Potassium" not in names
+
+
+def test_a_class_word_that_is_part_of_a_name_here_is_read_as_that_name(vitals):
+    # "urine culture" names "Microbiology test: URINE CULTURE": not every microbiology result
+    assert vitals.named_classes("first urine culture") == {"microbiology"}
+    assert vitals.named_classes("first sputum culture") == set()  # no such name: the class reading stays
+    assert vitals.named_classes("any cultures") == set()
+    names = matched(vitals, "organism in the first urine culture")
+    assert "Microbiology test: MRSA SCREEN" not in names
+
+
+def test_a_whole_word_is_no_clipping_of_its_own_inflections(vitals):
+    # "pressure" and "pressures" share the stem "pressur": no extra reading that would count the word twice
+    assert vitals.typed_clippings("systolic pressure") == {}
+    assert vitals.reading_words("systolic pressure") == []

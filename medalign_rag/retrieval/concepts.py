@@ -28,7 +28,7 @@ from bm25s.stopwords import STOPWORDS_EN_PLUS
 from functools import lru_cache
 
 from medalign_rag.records.model import Event, EventKind
-from medalign_rag.retrieval.vocabulary import KIND_LABELS, Vocabulary
+from medalign_rag.retrieval.vocabulary import CLASS_WORDS, KIND_LABELS, Vocabulary
 
 if TYPE_CHECKING:
     from medalign_rag.index.embedding import Embedder
@@ -139,6 +139,7 @@ class ConceptTable:
     _name_words: frozenset[str] | None = field(default=None, repr=False)
     _surface: dict[str, str] | None = field(default=None, repr=False)  # stem -> a name's spelling of it
     _numbered: frozenset[str] | None = field(default=None, repr=False)
+    _name_pairs: frozenset[tuple[str, str]] | None = field(default=None, repr=False)
     _spelled_by_letter: dict[str, list[tuple[str, str]]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -177,8 +178,9 @@ class ConceptTable:
             prefixed = [w for w in words if len(w) > len(word) and w.startswith(word)]
             # a clipping is a prefix of the word as the name spells it, which its stem need not keep: "doxy"
             # stems to "doxi", and "abdomina" is longer than "abdominal"'s stem "abdomin"
+            own = _stemmer().stemWord(word)  # "medication" is no clipping of "medications"
             prefixed += [stem for spelled, stem in self._spelled_words(word[0]) if len(spelled) > len(word)
-                         and spelled.startswith(word) and stem != word and stem not in prefixed]
+                         and spelled.startswith(word) and stem not in (word, own) and stem not in prefixed]
             if not prefixed and word.endswith("s") and len(word) >= 4 and word[:-1] not in words:
                 # the plural of a clipping ("sats": saturation, "temps"): the plural's "s" is not a letter of it
                 prefixed = [w for w in words if len(w) > len(word) - 1 and w.startswith(word[:-1])]
@@ -228,7 +230,7 @@ class ConceptTable:
                 readings = self.clippings(typed)
                 if stem != typed:
                     readings = tuple(dict.fromkeys((*readings, *self.clippings(stem))))
-                found[stem] = readings
+                found[stem] = tuple(r for r in readings if r != stem)
         return {stem: readings for stem, readings in found.items() if readings}
 
     def noun_position_clippings(self, query: str) -> dict[str, tuple[str, ...]]:
@@ -260,6 +262,24 @@ class ConceptTable:
         readings = [r for found in self.typed_clippings(query).values() for r in found]
         readings += [r for found in self.noun_position_clippings(query).values() for r in found]
         return list(dict.fromkeys(self._surface[r] for r in readings if r in self._surface))
+
+    def named_classes(self, query: str) -> set[str]:
+        """Class words (vocabulary.CLASS_WORDS) that `query` uses as part of one of this patient's concept names
+        rather than for the class: "blood culture" names "Blood Culture, Routine", so it is not read as every
+        microbiology result; "any cultures", "the specimen test", "sputum culture" (no such name) are."""
+        if self._name_pairs is None:
+            pairs: set[tuple[str, str]] = set()
+            for concept in self.concepts:
+                words = [_stemmer().stemWord(w) for w in _WORD.findall(concept.name.lower())]
+                pairs.update(zip(words, words[1:]))
+            self._name_pairs = frozenset(pairs)
+        words = [_stemmer().stemWord(w) for w in _WORD.findall(query.lower())]
+        named = set()
+        for name, class_words in CLASS_WORDS.items():
+            stems = {_stemmer().stemWord(w) for w in class_words}
+            if any(b in stems and (a, b) in self._name_pairs for a, b in zip(words, words[1:])):
+                named.add(name)
+        return named
 
     def numbered_words(self) -> frozenset[str]:
         """Lower-case words that a number sign follows in this patient's concept names ("tube" of "Chest Tube
@@ -305,7 +325,7 @@ class ConceptTable:
 
         `expansions`: what the question's abbreviations stand for (Vocabulary.meanings_in of the question as
         typed, before any lower-casing), matched along with the query."""
-        expansions = [e for e in expansions if e.lower() not in query.lower()]
+        expansions = [e for e in expansions if e.lower() not in query.lower() and e not in self.named_classes(query)]
         # dense similarity reads "press" as the verb: the words this patient's names spell it as are read too
         expanded = f"{query} {' '.join(expansions + self.reading_words(query))}".strip()
         if not self.concepts or not expanded:
