@@ -305,3 +305,4 @@ def test_a_whole_word_is_no_clipping_of_its_own_inflections():
     assert table.typed_clippings("medication pressure") == {}
     assert table.reading_words("medication pressure") == []
     assert table.typed_clippings("medic press") == {"press": ("pressur",)}  # "medic" is the stem itself
+    assert table.typed_clippings("any meds") == {}  # a kind's word reads as its kind, not as "medications"

@@ -28,7 +28,7 @@ from bm25s.stopwords import STOPWORDS_EN_PLUS
 from functools import lru_cache
 
 from medalign_rag.records.model import Event, EventKind
-from medalign_rag.retrieval.vocabulary import CLASS_WORDS, KIND_LABELS, Vocabulary
+from medalign_rag.retrieval.vocabulary import CLASS_WORDS, KIND_LABELS, Vocabulary, kinds_named
 
 if TYPE_CHECKING:
     from medalign_rag.index.embedding import Embedder
@@ -223,8 +223,8 @@ class ConceptTable:
         "doxycyclin". {} entries are left out."""
         found: dict[str, tuple[str, ...]] = {}
         for typed in _TYPED_WORD.findall(_numbered(query).lower()):
-            if typed in _STOPWORD_SET:
-                continue
+            if typed in _STOPWORD_SET or kinds_named(typed):
+                continue  # a kind's word ("meds", "dx") is read as its kind (vocabulary.KIND_WORDS), not clipped
             stem = _stemmer().stemWord(typed)
             if stem not in found:
                 readings = self.clippings(typed)
