@@ -346,39 +346,23 @@ def write_outputs(out: Path, items: Items, timing: dict, seconds: float, sampled
     for row in summary:
         lines.append(f"| {row['part']} | {row['wording']} | {row['strategy']} | {row['budget']} | {row['n']} | "
                      f"{row['evidence_coverage']:.3f} [{row['ci_lo']:.3f}, {row['ci_hi']:.3f}] |")
-    lines += ["", "## Per question type (test part, @2k)", "",
-              "| category | n | `temporal` | `events` | difference |", "|---|---|---|---|---|"]
-    events2k = groups.get(("test", "written", "events", 2048), {})
-    temporal2k = groups.get(("test", "written", "temporal", 2048), {})
-    for category in sorted({category_of[q] for q in events2k}):
-        keys = [q for q in events2k if category_of[q] == category and q in temporal2k]
-        if not keys:
-            continue
-        e = np.mean([events2k[q] for q in keys])
-        t = np.mean([temporal2k[q] for q in keys])
-        lines.append(f"| {category} | {len(keys)} | {t:.3f} | {e:.3f} | {e - t:+.3f} |")
-    events8k = groups.get(("test", "written", "events", 8192), {})
-    temporal8k = groups.get(("test", "written", "temporal", 8192), {})
-    if events8k:
-        lines += ["", "## Per question type (test part, @8k)", "",
-                  "| category | n | `temporal` | `events` | difference |", "|---|---|---|---|---|"]
-        for category in sorted({category_of[q] for q in events8k}):
-            keys = [q for q in events8k if category_of[q] == category and q in temporal8k]
+    def per_type(title: str, part: str, budget: int, always: bool = False) -> list[str]:
+        events_by_q = groups.get((part, "written", "events", budget), {})
+        temporal_by_q = groups.get((part, "written", "temporal", budget), {})
+        if not (events_by_q or always):
+            return []
+        rows = ["", f"## {title}", "", "| category | n | `temporal` | `events` | difference |", "|---|---|---|---|---|"]
+        for category in sorted({category_of[q] for q in events_by_q}):
+            keys = [q for q in events_by_q if category_of[q] == category and q in temporal_by_q]
             if keys:
-                e = np.mean([events8k[q] for q in keys])
-                t = np.mean([temporal8k[q] for q in keys])
-                lines.append(f"| {category} | {len(keys)} | {t:.3f} | {e:.3f} | {e - t:+.3f} |")
-    tune_events = groups.get(("tune", "written", "events", 2048), {})
-    tune_temporal = groups.get(("tune", "written", "temporal", 2048), {})
-    if tune_events:
-        lines += ["", "## Per question type (tune part, @2k; what `events` was tuned on)", "",
-                  "| category | n | `temporal` | `events` | difference |", "|---|---|---|---|---|"]
-        for category in sorted({category_of[q] for q in tune_events}):
-            keys = [q for q in tune_events if category_of[q] == category and q in tune_temporal]
-            if keys:
-                e = np.mean([tune_events[q] for q in keys])
-                t = np.mean([tune_temporal[q] for q in keys])
-                lines.append(f"| {category} | {len(keys)} | {t:.3f} | {e:.3f} | {e - t:+.3f} |")
+                e = np.mean([events_by_q[q] for q in keys])
+                t = np.mean([temporal_by_q[q] for q in keys])
+                rows.append(f"| {category} | {len(keys)} | {t:.3f} | {e:.3f} | {e - t:+.3f} |")
+        return rows
+
+    lines += per_type("Per question type (test part, @2k)", "test", 2048, always=True)
+    lines += per_type("Per question type (test part, @8k)", "test", 8192)
+    lines += per_type("Per question type (tune part, @2k; what `events` was tuned on)", "tune", 2048)
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
