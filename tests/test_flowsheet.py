@@ -54,6 +54,20 @@ def shown_values(text: str) -> int:
     repeats = [re.search(r" \(x(\d+)\)$", item) for item in items]  # one item stands for n identical facts
     return events + sum(int(r.group(1)) if r else 1 for r in repeats)
 
+def assert_packing_guarantees(context, index, counter, room: int, anchor) -> dict:
+    """The guarantees every event packing keeps; returns the index's events by id for further checks."""
+    # never over budget, counted exactly on the rendered text
+    assert context.context_tokens == counter.count(context.text)
+    assert context.context_tokens <= room
+    events = {ev.event_id: ev for c in index.chunks for ev in c.events}
+    # nothing after the anchor
+    assert all(anchor is None or events[e].timestamp <= anchor for e in context.event_ids)
+    # every shown event is cited by id, once, and every cited event is shown (no copies in these records)
+    assert len(set(context.event_ids)) == len(context.event_ids)
+    assert shown_values(context.text) == len(context.event_ids)
+    return events
+
+
 
 def test_a_flowsheet_fits_many_more_values_of_one_concept():
     index = index_of(vitals_record())
@@ -100,15 +114,7 @@ def test_flowsheet_packing_guarantees(seed, budget, overhead, order_seed, anchor
     context = assemble_event_context(index, strategy="events", budget=budget, counter=counter,
                                      event_ranking=ranking, overhead_tokens=overhead, reserve_tokens=256,
                                      time_anchor=anchor, flowsheet_min_values=min_values, table_min_rows=min_rows)
-    # never over budget, counted exactly on the rendered text
-    assert context.context_tokens == counter.count(context.text)
-    assert context.context_tokens <= budget - overhead - 256
-    events = {ev.event_id: ev for c in index.chunks for ev in c.events}
-    # nothing after the anchor
-    assert all(anchor is None or events[e].timestamp <= anchor for e in context.event_ids)
-    # every shown event is cited by id, once, and every cited event is shown (no copies in these records)
-    assert len(set(context.event_ids)) == len(context.event_ids)
-    assert shown_values(context.text) == len(context.event_ids)
+    events = assert_packing_guarantees(context, index, counter, budget - overhead - 256, anchor)
     assert {c.encounter_id for c in context.citations} == {
         c.encounter_id for c in index.chunks for ev in c.events if ev.event_id in set(context.event_ids)}
     # with compact rendering off, the text is the release layout: one <event> per cited event

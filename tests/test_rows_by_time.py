@@ -14,7 +14,7 @@ from medalign_rag.context import assemble_event_context
 from medalign_rag.records.model import Encounter, Event, EventKind, PatientRecord
 from medalign_rag.tokenization import default_counter
 from tests.factories import make_record
-from tests.test_flowsheet import index_of, shown_values
+from tests.test_flowsheet import assert_packing_guarantees, index_of, shown_values
 
 PANEL = [("Sodium", "mEq/L"), ("Potassium", "mEq/L"), ("Chloride", "mEq/L"), ("Bicarbonate", "mEq/L"),
          ("Urea Nitrogen", "mg/dL"), ("Creatinine", "mg/dL"), ("Glucose", "mg/dL"), ("Calcium, Total", "mg/dL"),
@@ -136,12 +136,7 @@ def test_every_cited_event_is_shown_with_its_time_and_value(seed, budget, overhe
     context = assemble_event_context(index, strategy="events", budget=budget, counter=counter,
                                      event_ranking=ranking, overhead_tokens=overhead, reserve_tokens=256,
                                      time_anchor=anchor, flowsheet_min_values=min_values, table_min_rows=min_rows)
-    assert context.context_tokens == counter.count(context.text)
-    assert context.context_tokens <= budget - overhead - 256
-    events = {ev.event_id: ev for c in index.chunks for ev in c.events}
-    assert all(anchor is None or events[e].timestamp <= anchor for e in context.event_ids)
-    assert len(set(context.event_ids)) == len(context.event_ids)
-    assert shown_values(context.text) == len(context.event_ids)
+    events = assert_packing_guarantees(context, index, counter, budget - overhead - 256, anchor)
     # each cited event reads with its own date, time and value (its cell, flowsheet item or XML event)
     missing = [e for e in context.event_ids if events[e].kind is not EventKind.note
                and expected_fact(events[e], context.text) is None]
